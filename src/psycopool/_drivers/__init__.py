@@ -1,0 +1,125 @@
+"""The only code that imports a database driver.
+
+Everything the pool needs from psycopg2 or psycopg 3 goes through the small
+:class:`Driver` interface, so the engine and the front doors never branch on
+which driver is in use.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Mapping
+from typing import Any
+
+# Transaction status, as libpq numbers it (PQTRANS_*): both drivers use these values.
+IDLE = 0
+ACTIVE = 1
+INTRANS = 2
+INERROR = 3
+UNKNOWN = 4
+
+SessionState = tuple[Any, ...]
+
+
+class Driver(abc.ABC):
+    """Connect, inspect, clean and close connections of one driver."""
+
+    #: The name users pass as ``driver=``.
+    name: str
+    #: The driver's base exception class (``psycopg2.Error`` or ``psycopg.Error``).
+    Error: type[Exception]
+    #: The driver's connection class, to recognise connections passed in.
+    connection_class: type[Any]
+
+    @abc.abstractmethod
+    def connect(self, conninfo: str, kwargs: Mapping[str, Any]) -> Any:
+        """Open a new connection."""
+
+    @abc.abstractmethod
+    def is_closed(self, conn: Any) -> bool:
+        """True if the driver knows the connection is closed or broken."""
+
+    @abc.abstractmethod
+    def fileno(self, conn: Any) -> int:
+        """The connection's socket, for the liveness check."""
+
+    @abc.abstractmethod
+    def consume_input(self, conn: Any) -> None:
+        """Read what the server sent to an idle connection (notices, NOTIFY, EOF).
+
+        Raises the driver's error if the server ended the session.
+        """
+
+    @abc.abstractmethod
+    def transaction_status(self, conn: Any) -> int:
+        """One of IDLE, ACTIVE, INTRANS, INERROR, UNKNOWN."""
+
+    @abc.abstractmethod
+    def session_state(self, conn: Any) -> SessionState:
+        """Snapshot of the session attributes a borrower may change."""
+
+    @abc.abstractmethod
+    def restore_session(self, conn: Any, state: SessionState) -> None:
+        """Put the session attributes back to ``state``; the connection is IDLE."""
+
+    @abc.abstractmethod
+    def rollback(self, conn: Any) -> None:
+        """End any transaction, including an explicit BEGIN in autocommit mode."""
+
+    @abc.abstractmethod
+    def execute(self, conn: Any, sql: str) -> None:
+        """Run one statement, discarding any result."""
+
+    @abc.abstractmethod
+    def close(self, conn: Any) -> None:
+        """Close the connection; never raises."""
+
+    @abc.abstractmethod
+    def is_disconnect(self, exc: BaseException) -> bool:
+        """True if ``exc`` means the connection can't be used any more."""
+
+
+# SQLSTATE classes and codes meaning the session is gone: connection exceptions (08),
+# admin shutdown / crash shutdown / cannot connect now (57P01-57P03).
+_DISCONNECT_SQLSTATES = ("57P01", "57P02", "57P03")
+
+
+def sqlstate_is_disconnect(sqlstate: str | None) -> bool:
+    """True for the SQLSTATEs that mean the server ended the session."""
+    if not sqlstate:
+        return False
+    return sqlstate.startswith("08") or sqlstate in _DISCONNECT_SQLSTATES
+
+
+_DRIVER_NAMES = ("psycopg2", "psycopg")
+
+
+def get_driver(name: str) -> Driver:
+    """Return the driver called ``name``, importing it on first use."""
+    if name == "psycopg2":
+        from psycopool._drivers._psycopg2 import Psycopg2Driver
+
+        return Psycopg2Driver()
+    if name == "psycopg":
+        from psycopool._drivers._psycopg import PsycopgDriver
+
+        return PsycopgDriver()
+    raise ValueError(f"driver must be one of {', '.join(_DRIVER_NAMES)}; got {name!r}")
+
+
+_PASSWORD_RE = re.compile(
+    r"""(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)|(://[^:/@\s]*:)([^@\s]*)(@)""",
+    re.IGNORECASE,
+)
+
+
+def hide_password(text: str) -> str:
+    """Mask passwords in a conninfo string, a URL or an error message built from one."""
+
+    def mask(match: re.Match[str]) -> str:
+        if match.group(1) is not None:
+            return f"{match.group(1)}***"
+        return f"{match.group(3)}***{match.group(5)}"
+
+    return _PASSWORD_RE.sub(mask, text)

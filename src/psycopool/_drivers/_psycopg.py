@@ -1,0 +1,70 @@
+"""psycopg 3 behind the :class:`~psycopool._drivers.Driver` interface."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from psycopool._drivers import IDLE, Driver, SessionState, sqlstate_is_disconnect
+
+try:
+    import psycopg
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "psycopool needs psycopg 3 for driver='psycopg': pip install 'psycopool[psycopg]'"
+    ) from exc
+
+
+class PsycopgDriver(Driver):
+    name = "psycopg"
+    Error = psycopg.Error
+    connection_class = psycopg.Connection
+
+    def connect(self, conninfo: str, kwargs: Mapping[str, Any]) -> Any:
+        return psycopg.Connection.connect(conninfo, **kwargs)
+
+    def is_closed(self, conn: Any) -> bool:
+        return bool(conn.closed) or conn.broken
+
+    def fileno(self, conn: Any) -> int:
+        return int(conn.pgconn.socket)
+
+    def consume_input(self, conn: Any) -> None:
+        # NOTIFY messages stay queued in libpq: psycopg hands them to the
+        # connection's handlers on its next operation.
+        conn.pgconn.consume_input()
+
+    def transaction_status(self, conn: Any) -> int:
+        return int(conn.pgconn.transaction_status)
+
+    def session_state(self, conn: Any) -> SessionState:
+        return (conn.autocommit, conn.isolation_level, conn.read_only, conn.deferrable)
+
+    def restore_session(self, conn: Any, state: SessionState) -> None:
+        # psycopg 3 keeps these client-side and applies them at BEGIN.
+        autocommit, isolation_level, read_only, deferrable = state
+        conn.autocommit = autocommit
+        conn.isolation_level = isolation_level
+        conn.read_only = read_only
+        conn.deferrable = deferrable
+
+    def rollback(self, conn: Any) -> None:
+        if conn.pgconn.transaction_status != IDLE:
+            if conn.autocommit:
+                conn.execute("ROLLBACK")
+            else:
+                conn.rollback()
+
+    def execute(self, conn: Any, sql: str) -> None:
+        conn.execute(sql)
+
+    def close(self, conn: Any) -> None:
+        try:
+            conn.close()
+        except Exception:  # a broken connection may fail to close: it is gone anyway
+            pass
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return True
+        return isinstance(exc, psycopg.Error) and sqlstate_is_disconnect(exc.sqlstate)

@@ -1,0 +1,77 @@
+"""psycopg2 behind the :class:`~psycopool._drivers.Driver` interface."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from psycopool._drivers import IDLE, Driver, SessionState, sqlstate_is_disconnect
+
+try:
+    import psycopg2
+    import psycopg2.extensions
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "psycopool needs psycopg2 for this pool: pip install 'psycopool[psycopg2]'"
+    ) from exc
+
+
+class Psycopg2Driver(Driver):
+    name = "psycopg2"
+    Error = psycopg2.Error
+    connection_class = psycopg2.extensions.connection
+
+    def connect(self, conninfo: str, kwargs: Mapping[str, Any]) -> Any:
+        return psycopg2.connect(conninfo, **kwargs)
+
+    def is_closed(self, conn: Any) -> bool:
+        return bool(conn.closed)
+
+    def fileno(self, conn: Any) -> int:
+        return int(conn.fileno())
+
+    def consume_input(self, conn: Any) -> None:
+        conn.poll()
+
+    def transaction_status(self, conn: Any) -> int:
+        return int(conn.get_transaction_status())
+
+    def session_state(self, conn: Any) -> SessionState:
+        return (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
+
+    def restore_session(self, conn: Any, state: SessionState) -> None:
+        autocommit, isolation_level, readonly, deferrable = state
+        if (conn.isolation_level, conn.readonly, conn.deferrable) != state[1:]:
+            # In autocommit mode psycopg2 sends these to the server as SET
+            # default_transaction_*; restoring them the same way undoes what a
+            # borrower may have set there, whatever mode it left the connection in.
+            conn.autocommit = True
+            conn.isolation_level = isolation_level
+            conn.readonly = readonly
+            conn.deferrable = deferrable
+        conn.autocommit = autocommit
+
+    def rollback(self, conn: Any) -> None:
+        if conn.autocommit:
+            # psycopg2's rollback() does nothing in autocommit mode, even inside
+            # an explicit BEGIN: end the transaction with a statement.
+            if conn.get_transaction_status() != IDLE:
+                with conn.cursor() as cur:
+                    cur.execute("ROLLBACK")
+        else:
+            conn.rollback()
+
+    def execute(self, conn: Any, sql: str) -> None:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+
+    def close(self, conn: Any) -> None:
+        try:
+            conn.close()
+        except Exception:  # a broken connection may fail to close: it is gone anyway
+            pass
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+            return True
+        return isinstance(exc, psycopg2.Error) and sqlstate_is_disconnect(exc.pgcode)

@@ -1,0 +1,295 @@
+"""The engine: the only code that counts connections.
+
+It owns the lock, the idle stack (LIFO: warm connections first), the table
+of connections in use, the FIFO queue of waiting borrowers and the count of
+connections being opened or cleaned ("pending"). Front doors (the psycopg2
+drop-in and the modern pool) decide *policy*; the engine keeps the books.
+
+Invariant: ``len(idle) + len(in_use) + pending`` is the number of
+connections that exist for this pool, and never exceeds ``max_size``.
+No I/O ever happens while the lock is held: connecting, cleaning and
+closing are done by the caller around the short locked sections.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from psycopool._drivers import Driver, SessionState
+from psycopool._health import is_alive, make_poller
+
+Clock = Callable[[], float]
+
+
+class PooledConnection:
+    """The engine's record of one connection: the object plus what the pool knows of it."""
+
+    __slots__ = (
+        "borrowed_at",
+        "conn",
+        "created_at",
+        "expires_at",
+        "idle_since",
+        "key",
+        "leak_reported",
+        "poller",
+        "stack",
+        "state",
+    )
+
+    def __init__(self, conn: Any, poller: Any, state: SessionState, now: float) -> None:
+        self.conn = conn
+        self.poller = poller
+        #: Session attributes when opened, restored on every return.
+        self.state = state
+        self.created_at = now
+        self.idle_since = now
+        self.borrowed_at = now
+        #: When this connection should be recycled (modern pool's max_lifetime).
+        self.expires_at = float("inf")
+        #: The drop-in's key while checked out.
+        self.key: Any = None
+        #: The borrower's stack, kept only when leak detection is on.
+        self.stack: str | None = None
+        self.leak_reported = False
+
+
+class Waiter:
+    """A borrower queued for a connection: woken with one handed to it, in arrival order."""
+
+    __slots__ = ("entry", "error", "event")
+
+    def __init__(self) -> None:
+        self.entry: PooledConnection | None = None
+        self.error: BaseException | None = None
+        self.event = threading.Event()
+
+
+class _NoLock:
+    """Stands in for the lock of pools that are documented as single-threaded."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class Engine:
+    """Accounting, handoff and liveness for one pool's connections."""
+
+    def __init__(
+        self,
+        driver: Driver,
+        connect: Callable[[], Any],
+        *,
+        max_size: int,
+        clock: Clock = time.monotonic,
+        threadsafe: bool = True,
+    ) -> None:
+        self.driver = driver
+        self._connect = connect
+        self.max_size = max_size
+        self.clock = clock
+        self._threadsafe = threadsafe
+        self.lock: Any = threading.Lock() if threadsafe else _NoLock()
+        self.idle: deque[PooledConnection] = deque()
+        self.in_use: dict[int, PooledConnection] = {}
+        self.waiters: deque[Waiter] = deque()
+        self.pending = 0
+        self.closed = False
+        #: Called in a forked child after the inherited connections were dropped.
+        self.after_fork: Callable[[], None] | None = None
+        # Counters for stats(); plain ints, updated under the lock or by the owner.
+        self.connections_num = 0
+        self.connections_ms = 0
+        self.connections_errors = 0
+        self.connections_lost = 0
+        _ENGINES.add(self)
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Connections that exist for this pool: idle, in use, or being opened or cleaned."""
+        return len(self.idle) + len(self.in_use) + self.pending
+
+    def entry_of(self, conn: Any) -> PooledConnection | None:
+        """The record of a checked-out connection, or None if the pool did not lend it."""
+        return self.in_use.get(id(conn))
+
+    # -- opening -------------------------------------------------------------
+
+    def open_connection(self) -> PooledConnection:
+        """Connect (no lock held) for a slot already reserved by ``pending += 1``.
+
+        On failure the reservation is given back and the error raised. On
+        success the new connection is returned still counted as pending: the
+        caller decides where it goes (``lend_new``, ``give_back``, ``forget``).
+        """
+        start = self.clock()
+        try:
+            conn = self._connect()
+            try:
+                entry = PooledConnection(
+                    conn,
+                    make_poller(self.driver, conn),
+                    self.driver.session_state(conn),
+                    self.clock(),
+                )
+            except BaseException:
+                self.driver.close(conn)
+                raise
+        except BaseException:
+            with self.lock:
+                self.pending -= 1
+                self.connections_errors += 1
+            raise
+        with self.lock:
+            self.connections_num += 1
+            self.connections_ms += int((entry.created_at - start) * 1000)
+        return entry
+
+    def lend_new_locked(self, entry: PooledConnection) -> None:
+        """A new connection goes to the borrower that opened it. Lock held.
+
+        The caller has already taken it off ``pending``.
+        """
+        entry.borrowed_at = self.clock()
+        self.in_use[id(entry.conn)] = entry
+
+    # -- lending -------------------------------------------------------------
+
+    def take_idle_locked(self) -> PooledConnection | None:
+        """Pop the warmest idle connection and count it in use. Lock held."""
+        if not self.idle:
+            return None
+        entry = self.idle.pop()
+        self.in_use[id(entry.conn)] = entry
+        return entry
+
+    def is_alive(self, entry: PooledConnection) -> bool:
+        """The zero-round-trip liveness check; no lock needed (the caller owns ``entry``)."""
+        return is_alive(self.driver, entry.conn, entry.poller)
+
+    # -- returning -----------------------------------------------------------
+
+    def give_back_locked(self, entry: PooledConnection, now: float) -> None:
+        """A clean connection goes to the oldest waiter, else on top of the idle stack. Lock held.
+
+        The caller has already removed it from ``in_use`` or ``pending``.
+        """
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            # A waiter in the queue is still waiting: one that times out removes
+            # itself under the lock, so the handoff can't be lost.
+            self.in_use[id(entry.conn)] = entry
+            entry.borrowed_at = now
+            waiter.entry = entry
+            waiter.event.set()
+            return
+        entry.idle_since = now
+        self.idle.append(entry)
+
+    def forget_locked(self, entry: PooledConnection) -> None:
+        """Stop counting a checked-out connection (it is about to be closed). Lock held."""
+        del self.in_use[id(entry.conn)]
+
+    def close(self, entries: Iterable[PooledConnection]) -> None:
+        """Close connections that the engine no longer counts. No lock held."""
+        for entry in entries:
+            self.driver.close(entry.conn)
+
+    def discard(self, entry: PooledConnection) -> None:
+        """Forget a checked-out connection and close it."""
+        with self.lock:
+            self.in_use.pop(id(entry.conn), None)
+        self.driver.close(entry.conn)
+
+    # -- idle expiry ---------------------------------------------------------
+
+    def pop_expired_idle_locked(
+        self, max_idle: float, floor: int, now: float
+    ) -> list[PooledConnection]:
+        """Remove connections idle over ``max_idle`` seconds while more than ``floor`` exist.
+
+        The idle stack is LIFO, so the longest-idle connections sit at its
+        bottom: only they are looked at. Lock held; close the result without it.
+        """
+        expired: list[PooledConnection] = []
+        idle = self.idle
+        while idle and self.size > floor and now - idle[0].idle_since > max_idle:
+            expired.append(idle.popleft())
+        return expired
+
+    def pop_dead_idle_locked(self) -> list[PooledConnection]:
+        """Remove idle connections whose socket shows they are dead. Lock held."""
+        dead = [entry for entry in self.idle if not self.is_alive(entry)]
+        for entry in dead:
+            self.idle.remove(entry)
+        self.connections_lost += len(dead)
+        return dead
+
+    # -- closing -------------------------------------------------------------
+
+    def close_all_locked(self) -> list[PooledConnection]:
+        """Mark the engine closed and take every connection it counts. Lock held.
+
+        Connections still being opened are closed by their opener when it sees
+        ``closed``. Waiters are woken with no connection.
+        """
+        self.closed = True
+        entries = list(self.idle)
+        entries.extend(self.in_use.values())
+        self.idle.clear()
+        self.in_use.clear()
+        while self.waiters:
+            self.waiters.popleft().event.set()
+        return entries
+
+    # -- fork ----------------------------------------------------------------
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: drop inherited connections without ending the parent's sessions.
+
+        Closing them through the driver would send a Terminate message on the
+        socket the parent still uses. Instead each inherited socket is pointed
+        at /dev/null, so whatever the driver later writes or closes lands there.
+        """
+        self.lock = threading.Lock() if self._threadsafe else _NoLock()
+        entries = list(self.idle) + list(self.in_use.values())
+        self.idle.clear()
+        self.in_use.clear()
+        self.waiters.clear()
+        self.pending = 0
+        if entries:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            try:
+                for entry in entries:
+                    try:
+                        os.dup2(devnull, self.driver.fileno(entry.conn))
+                    except Exception:
+                        continue
+            finally:
+                os.close(devnull)
+        if self.after_fork is not None:
+            self.after_fork()
+
+
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for engine in list(_ENGINES):
+        engine._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

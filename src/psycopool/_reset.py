@@ -1,0 +1,50 @@
+"""Bring a returned connection back to a clean, reusable state, or say it can't be."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from psycopool._drivers import IDLE, UNKNOWN, Driver, SessionState
+
+logger = logging.getLogger("psycopool")
+
+
+def needs_cleaning(driver: Driver, conn: Any, state: SessionState) -> bool:
+    """True unless the connection is already IDLE with its original session attributes.
+
+    This is the cheap test on every return; it does no I/O.
+    """
+    return driver.transaction_status(conn) != IDLE or driver.session_state(conn) != state
+
+
+def clean(
+    driver: Driver,
+    conn: Any,
+    state: SessionState,
+    extra: Callable[[Any], object] | None = None,
+) -> bool:
+    """Roll back, restore the session attributes, then run ``extra``.
+
+    Returns False if the connection is closed, broken or could not be cleaned:
+    the caller must then close it, never reuse it.
+    """
+    if driver.is_closed(conn):
+        return False
+    try:
+        status = driver.transaction_status(conn)
+        if status == UNKNOWN:
+            return False
+        if status != IDLE:
+            driver.rollback(conn)
+        if driver.session_state(conn) != state:
+            driver.restore_session(conn, state)
+        if extra is not None:
+            extra(conn)
+            if driver.transaction_status(conn) != IDLE:
+                driver.rollback(conn)
+    except Exception as exc:
+        logger.warning("closing a returned connection that could not be reset: %s", exc)
+        return False
+    return not driver.is_closed(conn) and driver.transaction_status(conn) == IDLE

@@ -1,0 +1,347 @@
+"""Drop-in replacement for :mod:`psycopg2.pool`.
+
+Migrating is one changed import line::
+
+    from psycopool import pool   # was: from psycopg2 import pool
+
+The classes keep psycopg2.pool's contract (keys, LIFO reuse, "connection pool
+exhausted" raised at once instead of waiting) and add ``idle_timeout`` and
+:meth:`~SimpleConnectionPool.prune`. They fix psycopg2's known bugs: dead
+idle connections are replaced, the ``maxconn`` bound always holds, returned
+connections are really clean, a second return or a wrong key is refused
+before anything is touched, and a forked child leaves the parent's sessions
+alone. See ``docs/migrating-from-psycopg2-pool.md`` for every difference.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import psycopg2
+
+from psycopool._args import as_count, as_seconds
+from psycopool._drivers import hide_password
+from psycopool._drivers._psycopg2 import Psycopg2Driver
+from psycopool._engine import Engine, PooledConnection
+from psycopool._errors import PoolError as _PoolErrorBase
+from psycopool._reset import clean, needs_cleaning
+
+__all__ = [
+    "AbstractConnectionPool",
+    "PoolError",
+    "SimpleConnectionPool",
+    "ThreadedConnectionPool",
+]
+
+logger = logging.getLogger("psycopool")
+_driver = Psycopg2Driver()
+
+
+class PoolError(_PoolErrorBase, psycopg2.Error):
+    """Raised by the pool itself: exhausted, closed, or a connection it did not lend.
+
+    A subclass of :class:`psycopg2.Error`, as in psycopg2, so existing
+    ``except psycopg2.Error`` blocks still catch it, and of
+    :class:`psycopool.PoolError`.
+    """
+
+
+class AbstractConnectionPool:
+    """Key-based pooling shared by the Simple and Threaded pools.
+
+    ``minconn`` connections are opened at once and kept; at most ``maxconn``
+    exist at any time. ``*args`` and ``**kwargs`` go unchanged to every
+    :func:`psycopg2.connect` call. ``idle_timeout`` governs returned
+    connections: ``0`` keeps one only while fewer than ``minconn`` are idle
+    (psycopg2's behaviour), ``None`` keeps them all, ``T > 0`` keeps them and
+    closes those beyond ``minconn`` idle for more than ``T`` seconds.
+    """
+
+    #: The monotonic clock used for idle ages. Override it on a subclass
+    #: (``clock = staticmethod(fake)``) to test ``idle_timeout`` without sleeping.
+    clock = staticmethod(time.monotonic)
+
+    _threadsafe = False
+
+    def __init__(
+        self,
+        minconn: Any,
+        maxconn: Any,
+        *args: Any,
+        idle_timeout: float | None = 0,
+        **kwargs: Any,
+    ) -> None:
+        self.minconn = as_count("minconn", minconn)
+        self.maxconn = as_count("maxconn", maxconn)
+        if self.minconn > self.maxconn:
+            raise ValueError(
+                f"minconn must not exceed maxconn; got minconn={minconn!r}, maxconn={maxconn!r}"
+            )
+        self.idle_timeout = as_seconds("idle_timeout", idle_timeout)
+        self.closed = False
+        self._args = args
+        self._kwargs = kwargs
+        self._keys = 0
+        #: key -> connection checked out under it (psycopg2 has the same name).
+        self._used: dict[Any, Any] = {}
+        self._engine = Engine(
+            _driver,
+            self._connect_new,
+            max_size=self.maxconn,
+            clock=self.clock,
+            threadsafe=self._threadsafe,
+        )
+        self._engine.after_fork = self._used.clear
+        try:
+            self._refill(raise_errors=True)
+        except BaseException:
+            with self._engine.lock:
+                entries = self._engine.close_all_locked()
+                self.closed = True
+            self._engine.close(entries)
+            raise
+
+    def __repr__(self) -> str:
+        engine = self._engine
+        state = "closed" if self.closed else "open"
+        return (
+            f"<{type(self).__name__} {state} minconn={self.minconn} maxconn={self.maxconn}"
+            f" idle={len(engine.idle)} used={len(engine.in_use)} at {id(self):#x}>"
+        )
+
+    def _connect_new(self) -> Any:
+        return psycopg2.connect(*self._args, **self._kwargs)
+
+    def _getkey(self) -> int:
+        """The next generated key, skipping integer keys a caller has checked out."""
+        self._keys += 1
+        while self._keys in self._used:
+            self._keys += 1
+        return self._keys
+
+    # -- getconn -------------------------------------------------------------
+
+    def _getconn(self, key: Any = None) -> Any:
+        engine = self._engine
+        idle_timeout = self.idle_timeout
+        while True:
+            expired: list[PooledConnection] = []
+            with engine.lock:
+                if self.closed:
+                    raise PoolError("connection pool is closed")
+                if key is None:
+                    key = self._getkey()
+                else:
+                    conn = self._used.get(key)
+                    if conn is not None:
+                        return conn
+                if idle_timeout and engine.idle:
+                    expired = engine.pop_expired_idle_locked(
+                        idle_timeout, self.minconn, engine.clock()
+                    )
+                entry = engine.take_idle_locked()
+                if entry is not None:
+                    entry.key = key
+                    self._used[key] = entry.conn
+                elif engine.size >= self.maxconn:
+                    raise PoolError("connection pool exhausted")
+                else:
+                    engine.pending += 1
+            if expired:
+                engine.close(expired)
+            if entry is not None:
+                if engine.is_alive(entry):
+                    return entry.conn
+                self._drop_dead(entry)
+                continue
+            return self._lend_new(key)
+
+    def _drop_dead(self, entry: PooledConnection) -> None:
+        """Forget a dead connection popped from the idle stack, then close it."""
+        engine = self._engine
+        with engine.lock:
+            engine.in_use.pop(id(entry.conn), None)
+            if self._used.get(entry.key) is entry.conn:
+                del self._used[entry.key]
+            engine.connections_lost += 1
+        logger.info("discarding a dead idle connection from %r", self)
+        engine.driver.close(entry.conn)
+
+    def _lend_new(self, key: Any) -> Any:
+        """Connect for a slot already reserved, outside the lock, and lend it under ``key``."""
+        engine = self._engine
+        entry = engine.open_connection()
+        with engine.lock:
+            engine.pending -= 1
+            if not self.closed:
+                existing = self._used.get(key)
+                if existing is None:
+                    engine.lend_new_locked(entry)
+                    entry.key = key
+                    self._used[key] = entry.conn
+                    return entry.conn
+                # Another thread got a connection under the same key meanwhile.
+                engine.give_back_locked(entry, engine.clock())
+                return existing
+        engine.driver.close(entry.conn)
+        raise PoolError("connection pool is closed")
+
+    # -- putconn -------------------------------------------------------------
+
+    def _putconn(self, conn: Any = None, key: Any = None, close: bool = False) -> None:
+        engine = self._engine
+        driver = engine.driver
+        to_close: PooledConnection | None = None
+        to_clean: PooledConnection | None = None
+        expired: list[PooledConnection] = []
+        with engine.lock:
+            if self.closed:
+                raise PoolError("connection pool is closed")
+            entry = engine.in_use.get(id(conn))
+            if entry is None:
+                raise PoolError("trying to put unkeyed connection")
+            if key is not None and (key != entry.key or self._used.get(key) is not conn):
+                raise PoolError(
+                    f"trying to put a connection under key {key!r}, which is not the key it has"
+                )
+            del self._used[entry.key]
+            del engine.in_use[id(conn)]
+            if close or driver.is_closed(conn):
+                to_close = entry
+            elif needs_cleaning(driver, conn, entry.state):
+                engine.pending += 1
+                to_clean = entry
+            else:
+                # The usual case: nothing to clean, no I/O, decided under one lock.
+                now = engine.clock()
+                if self._keeps_returned_locked():
+                    engine.give_back_locked(entry, now)
+                else:
+                    to_close = entry
+                if self.idle_timeout:
+                    expired = engine.pop_expired_idle_locked(self.idle_timeout, self.minconn, now)
+        if to_clean is not None:
+            self._clean_and_keep(to_clean)
+        if to_close is not None:
+            driver.close(to_close.conn)
+        if expired:
+            engine.close(expired)
+        if engine.size < self.minconn:
+            self._refill()
+
+    def _keeps_returned_locked(self) -> bool:
+        """Should a clean returned connection stay idle? Lock held."""
+        if self.idle_timeout == 0:
+            # psycopg2's rule: keep it only while fewer than minconn are idle.
+            return len(self._engine.idle) < self.minconn
+        return True
+
+    def _clean_and_keep(self, entry: PooledConnection) -> None:
+        """Roll back and restore a returned connection (counted pending), then keep or close it."""
+        engine = self._engine
+        ok = clean(engine.driver, entry.conn, entry.state)
+        with engine.lock:
+            engine.pending -= 1
+            keep = ok and not self.closed and self._keeps_returned_locked()
+            if keep:
+                engine.give_back_locked(entry, engine.clock())
+        if not keep:
+            engine.driver.close(entry.conn)
+
+    # -- upkeep without a thread ---------------------------------------------
+
+    def _refill(self, *, raise_errors: bool = False) -> None:
+        """Open connections until ``minconn`` exist, as psycopg2's docs promise.
+
+        Outside the constructor a failure is logged, not raised: the caller
+        returned or pruned successfully, and ``getconn`` connects on demand.
+        """
+        engine = self._engine
+        while True:
+            with engine.lock:
+                if self.closed or engine.size >= self.minconn:
+                    return
+                engine.pending += 1
+            try:
+                entry = engine.open_connection()
+            except Exception as exc:
+                if raise_errors:
+                    raise
+                logger.warning(
+                    "%r could not open a connection to keep minconn: %s",
+                    self,
+                    hide_password(str(exc).strip()),
+                )
+                return
+            with engine.lock:
+                engine.pending -= 1
+                if not self.closed:
+                    engine.give_back_locked(entry, engine.clock())
+                    continue
+            engine.driver.close(entry.conn)
+            return
+
+    def _prune(self) -> None:
+        engine = self._engine
+        with engine.lock:
+            if self.closed:
+                raise PoolError("connection pool is closed")
+            dropped = engine.pop_dead_idle_locked()
+            if self.idle_timeout:
+                dropped += engine.pop_expired_idle_locked(
+                    self.idle_timeout, self.minconn, engine.clock()
+                )
+        engine.close(dropped)
+        self._refill()
+
+    # -- closeall ------------------------------------------------------------
+
+    def _closeall(self) -> None:
+        engine = self._engine
+        with engine.lock:
+            if self.closed:
+                raise PoolError("connection pool is closed")
+            self.closed = True
+            entries = engine.close_all_locked()
+            self._used.clear()
+        engine.close(entries)
+
+
+class SimpleConnectionPool(AbstractConnectionPool):
+    """A connection pool that can't be shared across threads (it takes no lock)."""
+
+    def getconn(self, key: Any = None) -> Any:
+        """Get a free connection, under ``key`` if given (the same key returns the same connection).
+
+        Raises :class:`PoolError` "connection pool exhausted" at once when
+        ``maxconn`` connections are checked out.
+        """
+        return self._getconn(key)
+
+    def putconn(self, conn: Any = None, key: Any = None, close: bool = False) -> None:
+        """Return a connection: cleaned, then kept or closed. ``close=True`` closes it."""
+        self._putconn(conn, key, close)
+
+    def closeall(self) -> None:
+        """Close every connection, including those checked out; the pool can't be used again."""
+        self._closeall()
+
+    def prune(self) -> None:
+        """Close dead idle connections and those past ``idle_timeout``, then refill to ``minconn``.
+
+        Call it periodically to clean up the pool; ``getconn`` and ``putconn``
+        also do the idle-timeout part lazily.
+        """
+        self._prune()
+
+
+class ThreadedConnectionPool(SimpleConnectionPool):
+    """A connection pool that can be shared across threads.
+
+    Connecting, cleaning and closing happen outside the lock, so a slow
+    server never serialises every thread; the ``maxconn`` bound still holds.
+    """
+
+    _threadsafe = True
