@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from psycopool._drivers import Driver, SessionState
-from psycopool._health import is_alive, make_poller
+from psycopool._health import RECENTLY_USED, SocketWatcher, is_alive
 
 Clock = Callable[[], float]
 
@@ -35,17 +35,18 @@ class PooledConnection:
         "conn",
         "created_at",
         "expires_at",
+        "fd",
         "idle_since",
         "key",
         "leak_reported",
-        "poller",
         "stack",
         "state",
     )
 
-    def __init__(self, conn: Any, poller: Any, state: SessionState, now: float) -> None:
+    def __init__(self, conn: Any, fd: int, state: SessionState, now: float) -> None:
         self.conn = conn
-        self.poller = poller
+        #: The socket, recorded once: the liveness check watches it.
+        self.fd = fd
         #: Session attributes when opened, restored on every return.
         self.state = state
         self.created_at = now
@@ -71,18 +72,6 @@ class Waiter:
         self.event = threading.Event()
 
 
-class _NoLock:
-    """Stands in for the lock of pools that are documented as single-threaded."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 class Engine:
     """Accounting, handoff and liveness for one pool's connections."""
 
@@ -93,19 +82,18 @@ class Engine:
         *,
         max_size: int,
         clock: Clock = time.monotonic,
-        threadsafe: bool = True,
     ) -> None:
         self.driver = driver
         self._connect = connect
         self.max_size = max_size
         self.clock = clock
-        self._threadsafe = threadsafe
-        self.lock: Any = threading.Lock() if threadsafe else _NoLock()
+        self.lock = threading.Lock()
         self.idle: deque[PooledConnection] = deque()
         self.in_use: dict[int, PooledConnection] = {}
         self.waiters: deque[Waiter] = deque()
         self.pending = 0
         self.closed = False
+        self.watcher = SocketWatcher()
         #: Called in a forked child after the inherited connections were dropped.
         self.after_fork: Callable[[], None] | None = None
         # Counters for stats(); plain ints, updated under the lock or by the owner.
@@ -141,10 +129,11 @@ class Engine:
             try:
                 entry = PooledConnection(
                     conn,
-                    make_poller(self.driver, conn),
+                    self.driver.fileno(conn),
                     self.driver.session_state(conn),
                     self.clock(),
                 )
+                self.watcher.add(entry.fd)
             except BaseException:
                 self.driver.close(conn)
                 raise
@@ -177,8 +166,13 @@ class Engine:
         return entry
 
     def is_alive(self, entry: PooledConnection) -> bool:
-        """The zero-round-trip liveness check; no lock needed (the caller owns ``entry``)."""
-        return is_alive(self.driver, entry.conn, entry.poller)
+        """The zero-round-trip liveness check; no lock needed (the caller owns ``entry``).
+
+        A connection returned moments ago (``RECENTLY_USED``) is not looked at again.
+        """
+        return self.clock() - entry.idle_since < RECENTLY_USED or is_alive(
+            self.driver, entry.conn, entry.fd, self.watcher
+        )
 
     # -- returning -----------------------------------------------------------
 
@@ -187,17 +181,17 @@ class Engine:
 
         The caller has already removed it from ``in_use`` or ``pending``.
         """
-        while self.waiters:
-            waiter = self.waiters.popleft()
+        if self.waiters:
             # A waiter in the queue is still waiting: one that times out removes
             # itself under the lock, so the handoff can't be lost.
+            waiter = self.waiters.popleft()
             self.in_use[id(entry.conn)] = entry
             entry.borrowed_at = now
             waiter.entry = entry
             waiter.event.set()
-            return
-        entry.idle_since = now
-        self.idle.append(entry)
+        else:
+            entry.idle_since = now
+            self.idle.append(entry)
 
     def forget_locked(self, entry: PooledConnection) -> None:
         """Stop counting a checked-out connection (it is about to be closed). Lock held."""
@@ -206,13 +200,16 @@ class Engine:
     def close(self, entries: Iterable[PooledConnection]) -> None:
         """Close connections that the engine no longer counts. No lock held."""
         for entry in entries:
-            self.driver.close(entry.conn)
+            self.close_one(entry)
 
-    def discard(self, entry: PooledConnection) -> None:
-        """Forget a checked-out connection and close it."""
-        with self.lock:
-            self.in_use.pop(id(entry.conn), None)
-        self.driver.close(entry.conn)
+    def close_one(self, entry: PooledConnection) -> None:
+        """Close one connection that the engine no longer counts. No lock held."""
+        conn = entry.conn
+        if not self.driver.is_closed(conn):
+            # Unwatch while the socket is still ours: once closed, its number may
+            # already belong to a newer connection.
+            self.watcher.remove(entry.fd)
+        self.driver.close(conn)
 
     # -- idle expiry ---------------------------------------------------------
 
@@ -232,7 +229,8 @@ class Engine:
 
     def pop_dead_idle_locked(self) -> list[PooledConnection]:
         """Remove idle connections whose socket shows they are dead. Lock held."""
-        dead = [entry for entry in self.idle if not self.is_alive(entry)]
+        driver, watcher = self.driver, self.watcher
+        dead = [e for e in self.idle if not is_alive(driver, e.conn, e.fd, watcher)]
         for entry in dead:
             self.idle.remove(entry)
         self.connections_lost += len(dead)
@@ -264,7 +262,8 @@ class Engine:
         socket the parent still uses. Instead each inherited socket is pointed
         at /dev/null, so whatever the driver later writes or closes lands there.
         """
-        self.lock = threading.Lock() if self._threadsafe else _NoLock()
+        self.lock = threading.Lock()
+        self.watcher.renew()
         entries = list(self.idle) + list(self.in_use.values())
         self.idle.clear()
         self.in_use.clear()
@@ -274,9 +273,11 @@ class Engine:
             devnull = os.open(os.devnull, os.O_RDWR)
             try:
                 for entry in entries:
+                    if self.driver.is_closed(entry.conn):
+                        continue  # its socket number may belong to something else now
                     try:
-                        os.dup2(devnull, self.driver.fileno(entry.conn))
-                    except Exception:
+                        os.dup2(devnull, entry.fd)
+                    except OSError:
                         continue
             finally:
                 os.close(devnull)

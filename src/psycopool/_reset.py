@@ -11,14 +11,6 @@ from psycopool._drivers import IDLE, UNKNOWN, Driver, SessionState
 logger = logging.getLogger("psycopool")
 
 
-def needs_cleaning(driver: Driver, conn: Any, state: SessionState) -> bool:
-    """True unless the connection is already IDLE with its original session attributes.
-
-    This is the cheap test on every return; it does no I/O.
-    """
-    return driver.transaction_status(conn) != IDLE or driver.session_state(conn) != state
-
-
 def clean(
     driver: Driver,
     conn: Any,

@@ -60,6 +60,10 @@ class Driver(abc.ABC):
         """Snapshot of the session attributes a borrower may change."""
 
     @abc.abstractmethod
+    def is_clean(self, conn: Any, state: SessionState) -> bool:
+        """Open, IDLE, with the session attributes of ``state``: the cheap test on every return."""
+
+    @abc.abstractmethod
     def restore_session(self, conn: Any, state: SessionState) -> None:
         """Put the session attributes back to ``state``; the connection is IDLE."""
 

@@ -40,6 +40,18 @@ class PsycopgDriver(Driver):
     def session_state(self, conn: Any) -> SessionState:
         return (conn.autocommit, conn.isolation_level, conn.read_only, conn.deferrable)
 
+    def is_clean(self, conn: Any, state: SessionState) -> bool:
+        return (
+            conn.pgconn.transaction_status == IDLE
+            and (
+                conn.autocommit,
+                conn.isolation_level,
+                conn.read_only,
+                conn.deferrable,
+            )
+            == state
+        )
+
     def restore_session(self, conn: Any, state: SessionState) -> None:
         # psycopg 3 keeps these client-side and applies them at BEGIN.
         autocommit, isolation_level, read_only, deferrable = state

@@ -39,6 +39,18 @@ class Psycopg2Driver(Driver):
     def session_state(self, conn: Any) -> SessionState:
         return (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
 
+    def is_clean(self, conn: Any, state: SessionState) -> bool:
+        return (
+            conn.get_transaction_status() == IDLE
+            and (
+                conn.autocommit,
+                conn.isolation_level,
+                conn.readonly,
+                conn.deferrable,
+            )
+            == state
+        )
+
     def restore_session(self, conn: Any, state: SessionState) -> None:
         autocommit, isolation_level, readonly, deferrable = state
         if (conn.isolation_level, conn.readonly, conn.deferrable) != state[1:]:
