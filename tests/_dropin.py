@@ -1,0 +1,92 @@
+"""Helpers shared by the ``psycopool.pool`` drop-in tests (test_dropin_*.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+
+from psycopool import pool
+
+POOL_CLASSES = [pool.SimpleConnectionPool, pool.ThreadedConnectionPool]
+
+#: Parametrize a test over both concrete classes (their behaviour must be the same).
+both_pools = pytest.mark.parametrize("pool_cls", POOL_CLASSES, ids=["Simple", "Threaded"])
+
+
+class FakeClock:
+    """A monotonic clock the test advances by hand: ``clock = staticmethod(FakeClock())``."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def with_clock(pool_cls: type[Any], clock: Callable[[], float]) -> type[Any]:
+    """A subclass of ``pool_cls`` that measures idle ages with ``clock``."""
+    return type(f"Clocked{pool_cls.__name__}", (pool_cls,), {"clock": staticmethod(clock)})
+
+
+def backend_pid(conn: Any) -> int:
+    """The server pid behind ``conn`` (a real round trip: fails if the connection is dead)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        pid: int = cur.fetchone()[0]
+    return pid
+
+
+def select_one(conn: Any) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        value: int = cur.fetchone()[0]
+    return value
+
+
+def show(conn: Any, setting: str) -> str:
+    with conn.cursor() as cur:
+        cur.execute(f"SHOW {setting}")
+        value: str = cur.fetchone()[0]
+    return value
+
+
+def backend_state(pg_server: Any, pid: int) -> tuple[Any, ...] | None:
+    """``(state, query, state_change)`` of backend ``pid`` from pg_stat_activity, or None."""
+    rows = pg_server._query(
+        "SELECT state, query, state_change FROM pg_stat_activity WHERE pid = %s", (pid,)
+    )
+    return tuple(rows[0]) if rows else None
+
+
+def safe_close(p: Any) -> None:
+    try:
+        p.closeall()
+    except pool.PoolError:
+        pass
+
+
+class PoolFactory:
+    """Makes pools and closes them all at teardown (already-closed ones are skipped)."""
+
+    def __init__(self) -> None:
+        self.pools: list[Any] = []
+
+    def __call__(self, cls: type[Any], *args: Any, **kwargs: Any) -> Any:
+        p = cls(*args, **kwargs)
+        self.pools.append(p)
+        return p
+
+    def close(self) -> None:
+        for p in self.pools:
+            safe_close(p)
+
+
+def make_dsn(dsn: str, **kwargs: Any) -> str:
+    return psycopg2.extensions.make_dsn(dsn, **kwargs)
