@@ -1,0 +1,22 @@
+"""``python -m psycopool bench``: psycopool against the other Python PostgreSQL pools.
+
+Needs ``pip install 'psycopool[bench]'``. Not imported by ``import psycopool``.
+
+- :mod:`psycopool.bench.peers`: one small adapter per pool.
+- :mod:`psycopool.bench.workloads`: the workloads and the server-side monitor.
+- :mod:`psycopool.bench.report`: tables, JSON and the plot.
+- :mod:`psycopool.bench.cli`: the command line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the bench with command-line style arguments (without the ``bench`` word)."""
+    from psycopool.bench.cli import main as cli_main
+
+    return cli_main(argv)
