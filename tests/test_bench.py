@@ -1,0 +1,113 @@
+"""``python -m psycopool bench`` end to end, in-process, with the tiniest sizes.
+
+Checks the shape of the results (every selected peer and workload, numeric fields) and that
+--plot writes a PNG; never the timings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from psycopool.__main__ import main
+
+pytest.importorskip("rich")
+pytest.importorskip("matplotlib")
+
+TINY = [
+    "--iterations", "40",
+    "--query-iterations", "6",
+    "--slices", "2",
+    "--warmup", "2",
+    "--threads", "3",
+    "--ops", "3",
+    "--pool-size", "2",
+    "--burst", "3",
+    "--rounds", "2",
+    "--settle", "0",
+    "--fault-threads", "3",
+    "--fault-seconds", "0.6",
+    "--kill-interval", "0.25",
+]  # fmt: skip
+
+WORKLOADS = ("single", "query", "contention", "burst", "faults")
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def test_core_import_does_not_load_the_bench() -> None:
+    code = (
+        "import sys, psycopool; "
+        "bad = [m for m in sys.modules if m.startswith(('psycopool.bench', 'rich', 'matplotlib',"
+        " 'sqlalchemy', 'dbutils', 'psycopg_pool', 'psycopg2_pool'))]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bench_all_peers_all_workloads(pg_server: Any, tmp_path: Path) -> None:
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = main(["bench", "--dsn", pg_server.dsn, *TINY, "--json", str(out), "--plot", str(png)])
+    assert code == 0
+
+    data = json.loads(out.read_text())
+    assert data["machine"]["cpu_count"] >= 1
+    assert data["machine"]["postgresql"]
+    ran = set(data["peers"])
+    assert ran, "no peer ran"
+    assert "psycopool.pool" in ran and "floor-lock" in ran
+    # Skipped peers are exactly those whose library is missing, and each says why.
+    assert all(isinstance(reason, str) and reason for reason in data["skipped"].values())
+    assert not ran & set(data["skipped"])
+
+    assert set(data["workloads"]) == set(WORKLOADS)
+    assert len(data["workloads"]["contention"]) == 1
+    for name, tables in data["workloads"].items():
+        for table in tables:
+            assert table["workload"] == name
+            assert table["errors"] == {}, table["errors"]
+            assert set(table["rows"]) == ran, (name, set(table["rows"]) ^ ran)
+            for key, row in table["rows"].items():
+                for column in table["columns"]:
+                    assert _numeric(row[column["key"]]), (name, key, column["key"])
+                assert all(_numeric(v) for v in row.values()), (name, key, row)
+            for entry in table["ratios"].values():
+                assert _numeric(entry["ratio"]) and entry["reference"] in ran
+
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_selection(pg_server: Any, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    args = ["bench", "--dsn", pg_server.dsn, *TINY, "--json", str(out)]
+    code = main([*args, "--peers", "floor-cond,psycopool.pool", "--workloads", "single,burst"])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert set(data["peers"]) == {"floor-cond", "psycopool.pool"}
+    assert set(data["workloads"]) == {"single", "burst"}
+    for tables in data["workloads"].values():
+        for table in tables:
+            assert set(table["rows"]) == {"floor-cond", "psycopool.pool"}
+
+
+def test_bench_rejects_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--dsn", "host=unused", "--peers", "nope"]) == 2
+    assert "unknown peer" in capsys.readouterr().err
+    assert main(["bench", "--dsn", "host=unused", "--workloads", "nope"]) == 2
+    assert "unknown workload" in capsys.readouterr().err
+
+
+def test_bench_without_rich_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "rich.console", None)  # import fails
+    assert main(["bench", "--dsn", "host=unused"]) == 2
+    assert "pip install 'psycopool[bench]'" in capsys.readouterr().err
