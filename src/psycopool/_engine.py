@@ -19,6 +19,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from psycopool._drivers import Driver, SessionState
@@ -39,6 +40,7 @@ class PooledConnection:
         "idle_since",
         "key",
         "leak_reported",
+        "ref",
         "stack",
         "state",
     )
@@ -47,6 +49,9 @@ class PooledConnection:
         self.conn = conn
         #: The socket, recorded once: the liveness check watches it.
         self.fd = fd
+        #: A weak reference, when the pool lends connections without keeping them
+        #: alive (``conn`` is then None while lent), to see borrowers drop them.
+        self.ref: weakref.ref[Any] | None = None
         #: Session attributes when opened, restored on every return.
         self.state = state
         self.created_at = now
@@ -94,6 +99,14 @@ class Engine:
         self.pending = 0
         self.closed = False
         self.watcher = SocketWatcher()
+        #: Lend without keeping connections alive, and reclaim the slot of one a
+        #: borrower drops (the modern pool). The drop-in keeps psycopg2's strong refs.
+        self.track_dropped = False
+        #: Entries whose connection was garbage-collected; filled by weakref
+        #: callbacks, which may run anywhere (even under the lock): append only.
+        self.dropped: deque[PooledConnection] = deque()
+        #: The last connection error, password masked, for timeout messages.
+        self.last_connect_error: str | None = None
         #: Called in a forked child after the inherited connections were dropped.
         self.after_fork: Callable[[], None] | None = None
         # Counters for stats(); plain ints, updated under the lock or by the owner.
@@ -134,6 +147,8 @@ class Engine:
                     self.clock(),
                 )
                 self.watcher.add(entry.fd)
+                if self.track_dropped:
+                    entry.ref = weakref.ref(conn, partial(_on_dropped, self.dropped, entry))
             except BaseException:
                 self.driver.close(conn)
                 raise
@@ -204,12 +219,27 @@ class Engine:
 
     def close_one(self, entry: PooledConnection) -> None:
         """Close one connection that the engine no longer counts. No lock held."""
-        conn = entry.conn
+        conn = entry.conn if entry.ref is None else entry.ref()
+        if conn is None:
+            return  # garbage-collected: the driver closed it
         if not self.driver.is_closed(conn):
             # Unwatch while the socket is still ours: once closed, its number may
             # already belong to a newer connection.
             self.watcher.remove(entry.fd)
         self.driver.close(conn)
+
+    def reclaim_dropped_locked(self) -> int:
+        """Free the slots of lent connections that their borrower dropped. Lock held."""
+        reclaimed = 0
+        in_use = self.in_use
+        while self.dropped:
+            entry = self.dropped.popleft()
+            for ident, held in list(in_use.items()):
+                if held is entry:
+                    del in_use[ident]
+                    reclaimed += 1
+                    break
+        return reclaimed
 
     # -- idle expiry ---------------------------------------------------------
 
@@ -273,7 +303,8 @@ class Engine:
             devnull = os.open(os.devnull, os.O_RDWR)
             try:
                 for entry in entries:
-                    if self.driver.is_closed(entry.conn):
+                    conn = entry.conn if entry.ref is None else entry.ref()
+                    if conn is None or self.driver.is_closed(conn):
                         continue  # its socket number may belong to something else now
                     try:
                         os.dup2(devnull, entry.fd)
@@ -283,6 +314,10 @@ class Engine:
                 os.close(devnull)
         if self.after_fork is not None:
             self.after_fork()
+
+
+def _on_dropped(dropped: deque[PooledConnection], entry: PooledConnection, _ref: object) -> None:
+    dropped.append(entry)
 
 
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()

@@ -29,6 +29,8 @@ class Driver(abc.ABC):
     name: str
     #: The driver's base exception class (``psycopg2.Error`` or ``psycopg.Error``).
     Error: type[Exception]
+    #: The driver's ``OperationalError``: the modern pool's errors derive from it too.
+    OperationalError: type[Exception]
     #: The driver's connection class, to recognise connections passed in.
     connection_class: type[Any]
 
@@ -72,8 +74,16 @@ class Driver(abc.ABC):
         """End any transaction, including an explicit BEGIN in autocommit mode."""
 
     @abc.abstractmethod
+    def commit(self, conn: Any) -> None:
+        """Commit any transaction, including an explicit BEGIN in autocommit mode."""
+
+    @abc.abstractmethod
     def execute(self, conn: Any, sql: str) -> None:
         """Run one statement, discarding any result."""
+
+    @abc.abstractmethod
+    def execute_autocommit(self, conn: Any, sql: str) -> None:
+        """Run one statement outside any transaction (the connection is IDLE)."""
 
     @abc.abstractmethod
     def close(self, conn: Any) -> None:
@@ -99,17 +109,32 @@ def sqlstate_is_disconnect(sqlstate: str | None) -> bool:
 _DRIVER_NAMES = ("psycopg2", "psycopg")
 
 
-def get_driver(name: str) -> Driver:
-    """Return the driver called ``name``, importing it on first use."""
-    if name == "psycopg2":
+def get_driver(driver: Any) -> Driver:
+    """The driver named ``driver`` ("psycopg2", "psycopg"), or the one owning a connection class.
+
+    A connection class (a subclass of ``psycopg2.extensions.connection`` or of
+    ``psycopg.Connection``) selects its driver and is used to connect.
+    """
+    if driver == "psycopg2":
         from psycopool._drivers._psycopg2 import Psycopg2Driver
 
         return Psycopg2Driver()
-    if name == "psycopg":
+    if driver == "psycopg":
         from psycopool._drivers._psycopg import PsycopgDriver
 
         return PsycopgDriver()
-    raise ValueError(f"driver must be one of {', '.join(_DRIVER_NAMES)}; got {name!r}")
+    if isinstance(driver, type):
+        for name in _DRIVER_NAMES:
+            if not any(base.__module__.split(".")[0] == name for base in driver.__mro__):
+                continue
+            found = get_driver(name)
+            if issubclass(driver, found.connection_class):
+                found.connection_class = driver
+                return found
+    raise ValueError(
+        f"driver must be one of {', '.join(map(repr, _DRIVER_NAMES))} or a connection class"
+        f" of one of them; got {driver!r}"
+    )
 
 
 _PASSWORD_RE = re.compile(

@@ -18,10 +18,13 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 class PsycopgDriver(Driver):
     name = "psycopg"
     Error = psycopg.Error
-    connection_class = psycopg.Connection
+    OperationalError = psycopg.OperationalError
+
+    def __init__(self) -> None:
+        self.connection_class: type[Any] = psycopg.Connection
 
     def connect(self, conninfo: str, kwargs: Mapping[str, Any]) -> Any:
-        return psycopg.Connection.connect(conninfo, **kwargs)
+        return self.connection_class.connect(conninfo, **kwargs)
 
     def is_closed(self, conn: Any) -> bool:
         return bool(conn.closed) or conn.broken
@@ -67,8 +70,24 @@ class PsycopgDriver(Driver):
             else:
                 conn.rollback()
 
+    def commit(self, conn: Any) -> None:
+        if conn.pgconn.transaction_status != IDLE:
+            if conn.autocommit:
+                conn.execute("COMMIT")
+            else:
+                conn.commit()
+
     def execute(self, conn: Any, sql: str) -> None:
         conn.execute(sql)
+
+    def execute_autocommit(self, conn: Any, sql: str) -> None:
+        autocommit = conn.autocommit
+        conn.autocommit = True
+        try:
+            conn.execute(sql)
+        finally:
+            if not conn.closed:
+                conn.autocommit = autocommit
 
     def close(self, conn: Any) -> None:
         try:

@@ -19,9 +19,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 class Psycopg2Driver(Driver):
     name = "psycopg2"
     Error = psycopg2.Error
-    connection_class = psycopg2.extensions.connection
+    OperationalError = psycopg2.OperationalError
+
+    def __init__(self) -> None:
+        self.connection_class: type[Any] = psycopg2.extensions.connection
 
     def connect(self, conninfo: str, kwargs: Mapping[str, Any]) -> Any:
+        if self.connection_class is not psycopg2.extensions.connection:
+            kwargs = {"connection_factory": self.connection_class, **kwargs}
         return psycopg2.connect(conninfo, **kwargs)
 
     def is_closed(self, conn: Any) -> bool:
@@ -73,9 +78,27 @@ class Psycopg2Driver(Driver):
         else:
             conn.rollback()
 
+    def commit(self, conn: Any) -> None:
+        if conn.autocommit:
+            if conn.get_transaction_status() != IDLE:
+                with conn.cursor() as cur:
+                    cur.execute("COMMIT")
+        else:
+            conn.commit()
+
     def execute(self, conn: Any, sql: str) -> None:
         with conn.cursor() as cur:
             cur.execute(sql)
+
+    def execute_autocommit(self, conn: Any, sql: str) -> None:
+        autocommit = conn.autocommit
+        conn.autocommit = True  # psycopg2 sends nothing for this: it only skips BEGIN
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            if not conn.closed:
+                conn.autocommit = autocommit
 
     def close(self, conn: Any) -> None:
         try:

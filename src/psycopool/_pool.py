@@ -1,0 +1,695 @@
+"""The modern pool: :class:`ConnectionPool`.
+
+Built on the same engine as the psycopg2.pool drop-in. Borrowers wait in a
+FIFO queue and a returned connection goes straight to the oldest waiter (no
+barging). Connections are checked on the way out, cleaned on the way back,
+and maintained by background threads (see ``_upkeep.py``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Literal
+
+from psycopool._args import as_count, as_seconds
+from psycopool._drivers import IDLE, INTRANS, Driver, get_driver, hide_password
+from psycopool._engine import Engine, PooledConnection, Waiter
+from psycopool._errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests, flavoured
+from psycopool._health import RECENTLY_USED, ping
+from psycopool._reset import clean
+from psycopool._upkeep import Settings, Upkeep
+
+logger = logging.getLogger("psycopool")
+
+CheckPolicy = Literal["liveness", "ping"] | Callable[[Any], object] | None
+ResetPolicy = Literal["rollback", "discard"] | Callable[[Any], object] | None
+
+#: libpq's connect_timeout added when the user gives none, so a server that
+#: hangs on connect can't hold a connector thread for ever.
+DEFAULT_CONNECT_TIMEOUT = 10
+
+_names = itertools.count(1)
+
+
+class ConnectionPool:
+    """A pool of PostgreSQL connections that waits fairly, checks, cleans and maintains them.
+
+    ``conninfo`` (a string, or a callable returning one at every connect) and
+    ``kwargs`` (a dict, or a callable returning one) go to the driver's
+    ``connect``. See ``docs/connection-pool.md`` for every parameter.
+    """
+
+    #: The monotonic clock for ages and deadlines. Override it on a subclass
+    #: (``clock = staticmethod(fake)``) to test lifetimes without sleeping.
+    clock = staticmethod(time.monotonic)
+
+    def __init__(
+        self,
+        conninfo: str | Callable[[], str] = "",
+        *,
+        kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+        min_size: int = 4,
+        max_size: int | None = None,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_idle: float | None = 600.0,
+        max_lifetime: float | None = 3600.0,
+        check: CheckPolicy = "liveness",
+        configure: Callable[[Any], object] | None = None,
+        reset: ResetPolicy = "rollback",
+        leak_timeout: float | None = None,
+        driver: Any = "psycopg2",
+        name: str | None = None,
+        open: bool = True,
+    ) -> None:
+        if not (isinstance(conninfo, str) or callable(conninfo)):
+            raise TypeError(f"conninfo must be a string or a callable; got {type(conninfo)!r}")
+        if not (kwargs is None or isinstance(kwargs, Mapping) or callable(kwargs)):
+            raise TypeError(f"kwargs must be a dict or a callable; got {kwargs!r}")
+        min_size, max_size = _check_sizes(min_size, max_size)
+        self.timeout = _positive("timeout", timeout)
+        self.max_waiting = as_count("max_waiting", max_waiting)
+        self.max_idle = as_seconds("max_idle", max_idle, allow_zero=False)
+        self.max_lifetime = as_seconds("max_lifetime", max_lifetime, allow_zero=False)
+        self.leak_timeout = as_seconds("leak_timeout", leak_timeout, allow_zero=False)
+        if not (check in ("liveness", "ping", None) or callable(check)):
+            raise ValueError(f"check must be 'liveness', 'ping', None or a callable; got {check!r}")
+        if not (reset in ("rollback", "discard", None) or callable(reset)):
+            raise ValueError(
+                f"reset must be 'rollback', 'discard', None or a callable; got {reset!r}"
+            )
+        if configure is not None and not callable(configure):
+            raise TypeError(f"configure must be a callable or None; got {configure!r}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string or None; got {name!r}")
+        self.name = name or f"pool-{next(_names)}"
+        self.check_policy = check
+        self.reset_policy = reset
+        # Precomputed for the hot path.
+        self._liveness_only = check == "liveness"
+        self._rollback_only = reset == "rollback"
+        self._conninfo = conninfo
+        self._kwargs = kwargs
+        self._configure = configure
+        self._driver: Driver = get_driver(driver)
+        self._error = self._driver.OperationalError
+        self._reset_extra = self._reset_function(reset)
+        self._engine = engine = Engine(
+            self._driver, self._connect, max_size=max_size, clock=self.clock
+        )
+        engine.track_dropped = True
+        engine.after_fork = self._after_fork
+        self._settings = Settings(
+            name=self.name,
+            min_size=min_size,
+            max_idle=self.max_idle,
+            max_lifetime=self.max_lifetime,
+            leak_timeout=self.leak_timeout,
+        )
+        self._upkeep = Upkeep(engine, self._settings)
+        self._opened = False
+        self._closed = False
+        self._usable = False  # opened and not closed: one test on the hot path
+        self._shrinking = False  # resize() lowered max_size below the current size
+        # Counters, updated under the engine lock.
+        self._requests_num = 0
+        self._requests_queued = 0
+        self._requests_wait_ms = 0
+        self._requests_errors = 0
+        self._returns_bad = 0
+        if open:
+            self.open()
+
+    # -- configuration -------------------------------------------------------
+
+    @property
+    def min_size(self) -> int:
+        return self._settings.min_size
+
+    @property
+    def max_size(self) -> int:
+        return self._engine.max_size
+
+    @property
+    def closed(self) -> bool:
+        """True before ``open()`` and after ``close()``."""
+        return self._closed or not self._opened
+
+    def __repr__(self) -> str:
+        engine = self._engine
+        state = "closed" if self._closed else ("open" if self._opened else "not open")
+        return (
+            f"<{type(self).__name__} {self.name!r} {state} min_size={self.min_size}"
+            f" max_size={self.max_size} size={engine.size} idle={len(engine.idle)}"
+            f" waiting={len(engine.waiters)} driver={self._driver.name}>"
+        )
+
+    def _reset_function(self, reset: ResetPolicy) -> Callable[[Any], object] | None:
+        if reset == "discard":
+            driver = self._driver
+            return lambda conn: driver.execute_autocommit(conn, "DISCARD ALL")
+        if callable(reset):
+            return reset
+        return None
+
+    def _connect(self) -> Any:
+        """Open one connection (called by connector threads) and run ``configure`` on it."""
+        conninfo = self._conninfo() if callable(self._conninfo) else self._conninfo
+        kwargs = dict(self._kwargs() if callable(self._kwargs) else (self._kwargs or {}))
+        if "connect_timeout" not in kwargs and "connect_timeout" not in conninfo:
+            kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+        driver = self._driver
+        conn = driver.connect(conninfo, kwargs)
+        if self._configure is not None:
+            try:
+                self._configure(conn)
+                status = driver.transaction_status(conn)
+                if status == INTRANS:
+                    driver.commit(conn)  # keep what configure set in a transaction
+                elif status != IDLE:
+                    raise PoolError(f"configure left the connection in status {status}")
+            except BaseException:
+                driver.close(conn)
+                raise
+        return conn
+
+    # -- life cycle ----------------------------------------------------------
+
+    def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """Start the background threads and open ``min_size`` connections.
+
+        With ``wait=True``, block until they are open (see :meth:`wait`).
+        Opening an open pool does nothing; a closed pool can't be reopened.
+        """
+        if self._closed:
+            raise self._err(PoolClosed, f"pool {self.name!r} was closed and can't be reopened")
+        if not self._opened:
+            self._opened = True
+            self._usable = True
+            self._upkeep.start(self._upkeep_pass)
+            self._upkeep.request_connections()
+        if wait:
+            self.wait(timeout)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Block until ``min_size`` connections are open; PoolTimeout after ``timeout`` seconds."""
+        timeout = _positive("timeout", timeout)
+        deadline = time.monotonic() + timeout
+        engine = self._engine
+        while True:
+            with engine.lock:
+                ready = len(engine.idle) + len(engine.in_use) >= self.min_size
+            if ready:
+                return
+            if self._closed:
+                raise self._err(PoolClosed, f"pool {self.name!r} is closed")
+            if time.monotonic() >= deadline:
+                raise self._err(
+                    PoolTimeout,
+                    f"pool {self.name!r}: {self.min_size} connections not open after"
+                    f" {timeout:.2f} s{self._last_error_hint()}",
+                )
+            time.sleep(0.005)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the pool and every connection it has.
+
+        Waiters get :class:`PoolClosed`. Lent connections are closed when they
+        come back; those still out after ``timeout`` seconds are closed then,
+        so no connection is left open on the server.
+        """
+        timeout = as_seconds("timeout", timeout, allow_none=False) or 0.0
+        engine = self._engine
+        with engine.lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._usable = False
+            idle = list(engine.idle)
+            engine.idle.clear()
+            waiters = list(engine.waiters)
+            engine.waiters.clear()
+        for waiter in waiters:
+            waiter.event.set()
+        engine.close(idle)
+        deadline = time.monotonic() + timeout
+        while engine.in_use and time.monotonic() < deadline:
+            time.sleep(0.005)
+        with engine.lock:
+            leftovers = engine.close_all_locked()
+        if leftovers:
+            logger.warning(
+                "pool %r: closing %d connections still lent after %.2f s",
+                self.name,
+                len(leftovers),
+                timeout,
+            )
+        engine.close(leftovers)
+        still_running = self._upkeep.stop(timeout)
+        if still_running:
+            logger.warning(
+                "pool %r: %d threads did not stop in time", self.name, len(still_running)
+            )
+        engine.watcher.close()
+
+    def __enter__(self) -> ConnectionPool:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # An abandoned pool: stop its threads (they hold no reference to it).
+        upkeep = getattr(self, "_upkeep", None)
+        if upkeep is not None and not getattr(self, "_closed", True):
+            upkeep.stop(None)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the engine dropped the parent's connections; restart upkeep."""
+        self._upkeep.reset_after_fork(
+            self._upkeep_pass if self._opened and not self._closed else None
+        )
+
+    # -- borrowing -----------------------------------------------------------
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        """Borrow a connection, waiting up to ``timeout`` seconds (default: the pool's).
+
+        Raises :class:`PoolTimeout`, :class:`TooManyRequests` or :class:`PoolClosed`.
+        Return it with :meth:`putconn`, or use :meth:`connection` instead.
+        """
+        timeout = self.timeout if timeout is None else _positive("timeout", timeout)
+        engine = self._engine
+        lock = engine.lock
+        deadline = 0.0
+        counted = False
+        while True:
+            waiter: Waiter | None = None
+            lock.acquire()
+            try:
+                if not self._usable:
+                    raise self._closed_error()
+                if not counted:
+                    counted = True
+                    self._requests_num += 1
+                idle = engine.idle
+                if idle:
+                    entry = idle.pop()
+                    engine.in_use[id(entry.conn)] = entry
+                else:
+                    if engine.dropped:
+                        engine.reclaim_dropped_locked()
+                    if self.max_waiting and len(engine.waiters) >= self.max_waiting:
+                        self._requests_errors += 1
+                        waiting = len(engine.waiters)
+                        raise self._err(
+                            TooManyRequests,
+                            f"pool {self.name!r} already has {waiting} requests waiting",
+                        )
+                    waiter = Waiter()
+                    engine.waiters.append(waiter)
+                    self._requests_queued += 1
+            finally:
+                lock.release()
+            if waiter is not None:
+                if not deadline:
+                    deadline = self.clock() + timeout
+                entry = self._wait(waiter, deadline, timeout)
+                # Handed over by a borrower that returned it clean, or newly opened.
+                return self._lend(entry)
+            conn = entry.conn
+            now = self.clock()
+            if now < entry.expires_at:
+                if self._liveness_only and now - entry.idle_since < RECENTLY_USED:
+                    # The hot path: _lend() inlined.
+                    entry.conn = None
+                    entry.borrowed_at = now
+                    if self.leak_timeout is not None:
+                        entry.stack = "".join(traceback.format_stack()[:-1])
+                        entry.leak_reported = False
+                    return conn
+                if self._passes_check(entry):
+                    return self._lend(entry)
+            self._drop(entry, conn, lost=now < entry.expires_at)
+            if not deadline:
+                deadline = self.clock() + timeout
+
+    def _lend(self, entry: PooledConnection) -> Any:
+        """Hand the connection out: from now on only the borrower keeps it alive."""
+        conn = entry.conn
+        entry.conn = None
+        entry.borrowed_at = self.clock()
+        if self.leak_timeout is not None:
+            entry.stack = "".join(traceback.format_stack()[:-2])
+            entry.leak_reported = False
+        return conn
+
+    def _passes_check(self, entry: PooledConnection) -> bool:
+        """Run the configured check on a connection taken from the idle stack."""
+        policy = self.check_policy
+        if policy is None:
+            return not self._driver.is_closed(entry.conn)
+        if not self._engine.is_alive(entry):
+            return False
+        if policy == "liveness":
+            return True
+        if policy == "ping":
+            return ping(self._driver, entry.conn)
+        try:
+            policy(entry.conn)
+        except Exception as exc:
+            logger.info("pool %r: check failed, discarding the connection: %s", self.name, exc)
+            return False
+        return self._driver.transaction_status(entry.conn) == IDLE
+
+    def _drop(self, entry: PooledConnection, conn: Any, *, lost: bool) -> None:
+        """Discard a connection that failed its check or outlived max_lifetime; ask for another."""
+        engine = self._engine
+        with engine.lock:
+            engine.in_use.pop(id(conn), None)
+            if lost:
+                engine.connections_lost += 1
+            else:
+                self._settings.counters["connections_recycled"] = (
+                    self._settings.counters.get("connections_recycled", 0) + 1
+                )
+        engine.close_one(entry)
+        self._upkeep.request_connections()
+
+    def _wait(self, waiter: Waiter, deadline: float, timeout: float) -> PooledConnection:
+        """Wait in the FIFO queue until handed a connection, or until the deadline."""
+        self._upkeep.request_connections()
+        engine = self._engine
+        started = self.clock()
+        waiter.event.wait(max(0.0, deadline - started))
+        with engine.lock:
+            self._requests_wait_ms += int((self.clock() - started) * 1000)
+            entry = waiter.entry
+            if entry is not None:
+                return entry
+            try:
+                engine.waiters.remove(waiter)
+            except ValueError:
+                pass  # the pool was closed: close() emptied the queue
+            self._requests_errors += 1
+        if self._closed:
+            raise self._closed_error()
+        raise self._err(
+            PoolTimeout,
+            f"couldn't get a connection from pool {self.name!r} after {timeout:.2f} s"
+            f"{self._last_error_hint()}",
+        )
+
+    def connection(self, timeout: float | None = None) -> _Borrowed:
+        """``with pool.connection() as conn:`` borrows; commits on success, rolls back on error."""
+        return _Borrowed(self, timeout)
+
+    # -- returning -----------------------------------------------------------
+
+    def putconn(self, conn: Any) -> None:
+        """Return a borrowed connection: cleaned and kept (or handed to a waiter), or closed."""
+        engine = self._engine
+        driver = self._driver
+        lock = engine.lock
+        lock.acquire()
+        try:
+            entry = engine.in_use.pop(id(conn), None)
+            if entry is None:
+                raise ValueError(
+                    f"conn ({type(conn).__name__} at {id(conn):#x}) was not lent by pool"
+                    f" {self.name!r}, or was already returned"
+                )
+            entry.conn = conn
+            now = engine.clock()
+            if (
+                self._rollback_only
+                and self._usable
+                and not self._shrinking
+                and now < entry.expires_at
+                and driver.is_clean(conn, entry.state)
+            ):
+                # The usual case, decided under one lock with no I/O:
+                # Engine.give_back_locked(), its common branch inlined.
+                if engine.waiters:
+                    engine.give_back_locked(entry, now)
+                else:
+                    entry.idle_since = now
+                    engine.idle.append(entry)
+                return
+            engine.pending += 1
+        finally:
+            lock.release()
+        self._return_slow(entry, conn)
+
+    def _return_slow(self, entry: PooledConnection, conn: Any) -> None:
+        """Clean a returned connection outside the lock, then keep it or close it."""
+        engine = self._engine
+        driver = self._driver
+        broken = driver.is_closed(conn)
+        ok = not broken and not self._closed
+        if ok:
+            if self.reset_policy is None:
+                ok = driver.transaction_status(conn) == IDLE or clean(driver, conn, entry.state)
+            else:
+                ok = clean(driver, conn, entry.state, self._reset_extra)
+        expired = engine.clock() >= entry.expires_at
+        with engine.lock:
+            engine.pending -= 1
+            if broken:
+                self._returns_bad += 1
+            keep = ok and not expired and not self._closed and engine.size < engine.max_size
+            if self._shrinking:
+                self._shrinking = engine.size > engine.max_size
+            if keep:
+                engine.give_back_locked(entry, engine.clock())
+            elif expired and ok:
+                counters = self._settings.counters
+                counters["connections_recycled"] = counters.get("connections_recycled", 0) + 1
+        if not keep:
+            engine.close_one(entry)
+            if not self._closed:
+                self._upkeep.request_connections()
+
+    # -- maintenance ---------------------------------------------------------
+
+    def _upkeep_pass(self, check_all: bool = False) -> None:
+        """One round of upkeep: reclaim dropped, report leaks, expire, (check), refill."""
+        engine = self._engine
+        settings = self._settings
+        counters = settings.counters
+        now = self.clock()
+        leaks: list[tuple[float, str | None]] = []
+        to_close: list[PooledConnection] = []
+        to_check: list[PooledConnection] = []
+        with engine.lock:
+            if self._closed:
+                return
+            if engine.dropped:
+                reclaimed = engine.reclaim_dropped_locked()
+                if reclaimed:
+                    counters["connections_dropped"] = (
+                        counters.get("connections_dropped", 0) + reclaimed
+                    )
+                    logger.warning(
+                        "pool %r: %d lent connections were garbage-collected without being"
+                        " returned; their slots are free again",
+                        self.name,
+                        reclaimed,
+                    )
+            if self.leak_timeout is not None:
+                for entry in engine.in_use.values():
+                    held = now - entry.borrowed_at
+                    if not entry.leak_reported and held > self.leak_timeout:
+                        entry.leak_reported = True
+                        leaks.append((held, entry.stack))
+                counters["leaks_detected"] = counters.get("leaks_detected", 0) + len(leaks)
+            kept = [e for e in engine.idle if e.expires_at > now]
+            recycled = len(engine.idle) - len(kept)
+            if recycled:
+                to_close.extend(e for e in engine.idle if e.expires_at <= now)
+                engine.idle.clear()
+                engine.idle.extend(kept)
+                counters["connections_recycled"] = (
+                    counters.get("connections_recycled", 0) + recycled
+                )
+            if self.max_idle is not None:
+                expired = engine.pop_expired_idle_locked(self.max_idle, self.min_size, now)
+                counters["connections_idle_closed"] = counters.get(
+                    "connections_idle_closed", 0
+                ) + len(expired)
+                to_close.extend(expired)
+            if self._shrinking:  # resize() lowered max_size
+                while engine.idle and engine.size > engine.max_size:
+                    to_close.append(engine.idle.popleft())
+                self._shrinking = engine.size > engine.max_size
+            if check_all:
+                to_check = list(engine.idle)
+                engine.idle.clear()
+                engine.pending += len(to_check)
+        for held, stack in leaks:
+            logger.warning(
+                "pool %r: a connection has been lent for %.1f s (leak_timeout=%s);"
+                " borrowed at:\n%s",
+                self.name,
+                held,
+                self.leak_timeout,
+                stack or "(stack not recorded)",
+            )
+        engine.close(to_close)
+        if to_check:
+            self._check_idle(to_check)
+        self._upkeep.request_connections()
+
+    def _check_idle(self, entries: list[PooledConnection]) -> None:
+        """Check connections taken off the idle stack (counted pending); keep the good ones."""
+        engine = self._engine
+        driver = self._driver
+        good = [e for e in entries if self._engine.is_alive(e) and ping(driver, e.conn)]
+        bad = [e for e in entries if e not in good]
+        with engine.lock:
+            engine.pending -= len(entries)
+            engine.connections_lost += len(bad)
+            if self._closed:
+                bad.extend(good)
+                good = []
+            now = engine.clock()
+            for entry in good:
+                engine.give_back_locked(entry, now)
+        engine.close(bad)
+
+    def check(self) -> None:
+        """Check every idle connection now (liveness and a round trip); replace the dead ones.
+
+        Also applies max_idle, max_lifetime and leak reporting at once, and
+        refills ``min_size``: what the upkeep thread does periodically.
+        """
+        if self._closed or not self._opened:
+            raise self._closed_error()
+        self._upkeep_pass(check_all=True)
+
+    def resize(self, min_size: int, max_size: int | None = None) -> None:
+        """Change the sizes. Growth starts at once; excess idle connections are closed now,
+        excess lent ones when they come back."""
+        min_size, max_size = _check_sizes(min_size, max_size)
+        with self._engine.lock:
+            self._settings.min_size = min_size
+            self._engine.max_size = max_size
+            self._shrinking = self._engine.size > max_size
+        if self._opened and not self._closed:
+            self._upkeep_pass()
+
+    def stats(self) -> dict[str, int]:
+        """Gauges and counters, with psycopg_pool's names plus psycopool's own (see the docs)."""
+        engine = self._engine
+        with engine.lock:
+            stats = {
+                "pool_min": self.min_size,
+                "pool_max": engine.max_size,
+                "pool_size": engine.size,
+                "pool_available": len(engine.idle),
+                "requests_waiting": len(engine.waiters),
+                "requests_num": self._requests_num,
+                "requests_queued": self._requests_queued,
+                "requests_wait_ms": self._requests_wait_ms,
+                "requests_errors": self._requests_errors,
+                "returns_bad": self._returns_bad,
+                "connections_num": engine.connections_num,
+                "connections_ms": engine.connections_ms,
+                "connections_errors": engine.connections_errors,
+                "connections_lost": engine.connections_lost,
+                "connections_in_use": len(engine.in_use),
+            }
+            for key in (
+                "connections_recycled",
+                "connections_idle_closed",
+                "connections_dropped",
+                "leaks_detected",
+                "reconnects",
+            ):
+                stats[key] = self._settings.counters.get(key, 0)
+        return stats
+
+    # -- errors --------------------------------------------------------------
+
+    def _err(self, cls: type[PoolError], message: str) -> PoolError:
+        return flavoured(cls, self._error)(message)
+
+    def _closed_error(self) -> PoolError:
+        if self._closed:
+            return self._err(PoolClosed, f"pool {self.name!r} is closed")
+        return self._err(PoolClosed, f"pool {self.name!r} is not open yet: call open()")
+
+    def _last_error_hint(self) -> str:
+        error = self._engine.last_connect_error
+        return f"; last connection attempt failed: {hide_password(error)}" if error else ""
+
+
+class _Borrowed:
+    """The context manager returned by :meth:`ConnectionPool.connection`."""
+
+    __slots__ = ("_conn", "_pool", "_timeout")
+
+    def __init__(self, pool: ConnectionPool, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: Any = None
+
+    def __enter__(self) -> Any:
+        self._conn = conn = self._pool.getconn(self._timeout)
+        return conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self._conn
+        self._conn = None
+        pool = self._pool
+        driver = pool._driver
+        try:
+            if exc_type is None:
+                driver.commit(conn)
+            elif not driver.is_closed(conn):
+                try:
+                    driver.rollback(conn)
+                except Exception:
+                    pass  # the connection is broken: putconn discards it
+        finally:
+            pool.putconn(conn)
+
+
+def _check_sizes(min_size: Any, max_size: Any) -> tuple[int, int]:
+    if isinstance(min_size, bool) or not isinstance(min_size, int):
+        raise TypeError(f"min_size must be an integer; got {min_size!r}")
+    if min_size < 0:
+        raise ValueError(f"min_size must be >= 0; got {min_size!r}")
+    if max_size is None:
+        max_size = min_size
+    elif isinstance(max_size, bool) or not isinstance(max_size, int):
+        raise TypeError(f"max_size must be an integer or None; got {max_size!r}")
+    if max_size < 1:
+        raise ValueError(f"max_size must be >= 1; got max_size={max_size!r}")
+    if max_size < min_size:
+        raise ValueError(
+            f"max_size must be >= min_size; got min_size={min_size!r}, max_size={max_size!r}"
+        )
+    return min_size, max_size
+
+
+def _positive(name: str, value: Any) -> float:
+    seconds = as_seconds(name, value, allow_none=False, allow_zero=False)
+    assert seconds is not None
+    return seconds

@@ -1,0 +1,231 @@
+"""Background work of a :class:`~psycopool.ConnectionPool`.
+
+Borrowers never connect. When one has to wait, or the pool is below
+``min_size``, connector threads (at most ``MAX_CONNECTING`` at a time) open
+connections and hand each to the oldest waiter, or put it on the idle stack.
+After a failed attempt a single connector retries with exponential backoff.
+One upkeep thread wakes periodically to refill ``min_size``, close idle
+connections above ``min_size`` after ``max_idle``, recycle connections past
+``max_lifetime``, reclaim the slots of connections a borrower dropped, and
+report leaks. Every thread holds only a weak reference to the pool (through
+its settings), so an abandoned pool is still garbage-collected.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from psycopool._drivers import hide_password
+from psycopool._engine import Engine, PooledConnection
+
+logger = logging.getLogger("psycopool")
+
+#: Connections opened at the same time when a burst arrives: enough to grow
+#: fast, few enough not to stampede the server (HikariCP's "spike" lesson).
+MAX_CONNECTING = 4
+#: Reconnect backoff: first delay, growth factor and ceiling, in seconds.
+BACKOFF_FIRST = 0.1
+BACKOFF_FACTOR = 2.0
+BACKOFF_MAX = 5.0
+#: How often the upkeep thread looks at the pool when nothing wakes it.
+TICK = 0.5
+
+
+@dataclass
+class Settings:
+    """The parts of a pool's configuration the background threads read; changed by resize()."""
+
+    name: str
+    min_size: int
+    max_idle: float | None
+    max_lifetime: float | None
+    leak_timeout: float | None
+    #: Counters the background threads update (read by stats()).
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class Upkeep:
+    """Connector threads and the upkeep thread of one pool."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._connecting = 0  # connector threads alive; under the engine lock
+        self._failures = 0  # consecutive failed attempts; under the engine lock
+        self._threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+        self._thread: threading.Thread | None = None
+
+    # -- life cycle ----------------------------------------------------------
+
+    def start(self, pass_fn: Callable[[], object]) -> None:
+        """Start the upkeep thread; ``pass_fn`` (weakly bound) runs one upkeep pass."""
+        ref = _weak_callable(pass_fn)
+        self._stop.clear()
+        thread = threading.Thread(
+            target=_upkeep_loop,
+            args=(ref, self._stop, self._wake, self._tick()),
+            name=f"psycopool-{self._settings.name}-upkeep",
+            daemon=True,
+        )
+        self._thread = thread
+        self._threads.add(thread)
+        thread.start()
+
+    def stop(self, timeout: float | None) -> list[threading.Thread]:
+        """Ask every thread to end; wait up to ``timeout`` seconds. Returns those still running."""
+        self._stop.set()
+        self._wake.set()
+        threads = [t for t in list(self._threads) if t is not threading.current_thread()]
+        if timeout is not None:
+            deadline = self._engine.clock() + timeout
+            for thread in threads:
+                thread.join(max(0.0, deadline - self._engine.clock()))
+        return [t for t in threads if t.is_alive()]
+
+    def reset_after_fork(self, pass_fn: Callable[[], object] | None) -> None:
+        """In a forked child no thread survived: forget them and start afresh."""
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._connecting = 0
+        self._failures = 0
+        self._threads = weakref.WeakSet()
+        self._thread = None
+        if pass_fn is not None:
+            self.start(pass_fn)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _tick(self) -> float:
+        leak_timeout = self._settings.leak_timeout
+        if leak_timeout:
+            return max(0.01, min(TICK, leak_timeout / 4))
+        return TICK
+
+    # -- connecting ----------------------------------------------------------
+
+    def _wanted_locked(self) -> int:
+        """Connections to open now: to reach min_size, and one per waiter not yet covered."""
+        engine = self._engine
+        room = engine.max_size - engine.size
+        if room <= 0 or engine.closed or self._stop.is_set():
+            return 0
+        need = max(self._settings.min_size - engine.size, len(engine.waiters) - engine.pending)
+        return min(need, room)
+
+    def request_connections(self) -> None:
+        """Start connector threads if connections are wanted. Call without the lock."""
+        engine = self._engine
+        with engine.lock:
+            limit = 1 if self._failures else MAX_CONNECTING
+            start = min(self._wanted_locked(), limit - self._connecting)
+            if start <= 0:
+                return
+            self._connecting += start
+        for _ in range(start):
+            thread = threading.Thread(
+                target=self._connector,
+                name=f"psycopool-{self._settings.name}-connect",
+                daemon=True,
+            )
+            self._threads.add(thread)
+            thread.start()
+
+    def _connector(self) -> None:
+        engine = self._engine
+        counters = self._settings.counters
+        while True:
+            with engine.lock:
+                limit = 1 if self._failures else MAX_CONNECTING
+                if self._wanted_locked() <= 0 or self._connecting > limit:
+                    self._connecting -= 1
+                    return
+                engine.pending += 1
+            try:
+                entry = engine.open_connection()
+            except Exception as exc:
+                delay = self._failed(exc)
+                if self._stop.wait(delay):
+                    with engine.lock:
+                        self._connecting -= 1
+                    return
+                continue
+            self._set_lifetime(entry)
+            with engine.lock:
+                engine.pending -= 1
+                recovered = self._failures
+                self._failures = 0
+                if recovered:
+                    counters["reconnects"] = counters.get("reconnects", 0) + 1
+                kept = not engine.closed
+                if kept:
+                    engine.give_back_locked(entry, engine.clock())
+            if recovered:
+                logger.warning(
+                    "pool %r: connected again after %d failed attempts",
+                    self._settings.name,
+                    recovered,
+                )
+            if not kept:
+                engine.close_one(entry)
+
+    def _failed(self, exc: Exception) -> float:
+        """Record a failed attempt; return how long to wait before the next."""
+        engine = self._engine
+        with engine.lock:
+            self._failures += 1
+            failures = self._failures
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * BACKOFF_FACTOR ** (failures - 1))
+        delay *= random.uniform(0.9, 1.1)
+        message = hide_password(str(exc).strip()) or type(exc).__name__
+        engine.last_connect_error = message
+        logger.warning(
+            "pool %r: connection attempt %d failed, next in %.2f s: %s",
+            self._settings.name,
+            failures,
+            delay,
+            message,
+        )
+        return delay
+
+    def _set_lifetime(self, entry: PooledConnection) -> None:
+        """Each connection expires up to 10% before max_lifetime, so they don't all go together."""
+        max_lifetime = self._settings.max_lifetime
+        if max_lifetime is not None:
+            entry.expires_at = entry.created_at + max_lifetime * (1.0 - 0.1 * random.random())
+
+
+def _weak_callable(fn: Callable[[], object]) -> Callable[[], Callable[[], object] | None]:
+    """A weak reference to a bound method (or a strong one to a plain function)."""
+    if hasattr(fn, "__self__"):
+        return weakref.WeakMethod(fn)
+    return lambda: fn
+
+
+def _upkeep_loop(
+    ref: Callable[[], Callable[[], object] | None],
+    stop: threading.Event,
+    wake: threading.Event,
+    tick: float,
+) -> None:
+    while not stop.is_set():
+        pass_fn = ref()
+        if pass_fn is None:
+            return  # the pool was garbage-collected
+        try:
+            pass_fn()
+        except Exception:
+            logger.exception("psycopool upkeep pass failed")
+        del pass_fn
+        wake.wait(tick)
+        wake.clear()
+
+
+__all__ = ["MAX_CONNECTING", "Settings", "Upkeep"]
