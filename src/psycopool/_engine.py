@@ -183,11 +183,12 @@ class Engine:
     def is_alive(self, entry: PooledConnection) -> bool:
         """The zero-round-trip liveness check; no lock needed (the caller owns ``entry``).
 
-        A connection returned moments ago (``RECENTLY_USED``) is not looked at again.
+        The socket of a connection returned moments ago (``RECENTLY_USED``)
+        is not looked at again; the driver's closed flag always is.
         """
-        return self.clock() - entry.idle_since < RECENTLY_USED or is_alive(
-            self.driver, entry.conn, entry.fd, self.watcher
-        )
+        if self.clock() - entry.idle_since < RECENTLY_USED:
+            return not self.driver.is_closed(entry.conn)
+        return is_alive(self.driver, entry.conn, entry.fd, self.watcher)
 
     # -- returning -----------------------------------------------------------
 

@@ -331,7 +331,12 @@ class ConnectionPool:
             conn = entry.conn
             now = self.clock()
             if now < entry.expires_at:
-                if self._liveness_only and now - entry.idle_since < RECENTLY_USED:
+                # Both drivers' connections have `closed`: true once closed or broken.
+                if (
+                    self._liveness_only
+                    and now - entry.idle_since < RECENTLY_USED
+                    and not conn.closed
+                ):
                     # The hot path: _lend() inlined.
                     entry.conn = None
                     entry.borrowed_at = now

@@ -162,7 +162,9 @@ class AbstractConnectionPool:
             if entry is None:
                 return self._lend_new(key)
             # Engine.is_alive(), with its recently-used shortcut inlined.
-            if engine.clock() - entry.idle_since < RECENTLY_USED or engine.is_alive(entry):
+            if (
+                engine.clock() - entry.idle_since < RECENTLY_USED and not entry.conn.closed
+            ) or engine.is_alive(entry):
                 return entry.conn
             self._drop_dead(entry)
 
