@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import select
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -90,3 +94,33 @@ class PoolFactory:
 
 def make_dsn(dsn: str, **kwargs: Any) -> str:
     return psycopg2.extensions.make_dsn(dsn, **kwargs)
+
+
+_TCP_CLOSE_WAIT = 8  # Linux tcp_states.h: the peer sent its FIN
+
+
+def wait_readable(*conns: Any, timeout: float = 5.0) -> None:
+    """Wait until the server's goodbye (error and EOF) has reached each connection's socket.
+
+    pg_stat_activity forgets a terminated backend before its socket is closed, and the FATAL
+    message arrives before the FIN: without this, a zero-round-trip liveness check could
+    legitimately still see a live connection. On TCP, wait for the socket state CLOSE_WAIT.
+    """
+    for conn in conns:
+        ready, _, _ = select.select([conn.fileno()], [], [], timeout)
+        assert ready, "the terminated backend's socket never became readable"
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+                except (OSError, AttributeError):  # not TCP or not Linux
+                    time.sleep(0.05)
+                    break
+                if state == _TCP_CLOSE_WAIT:
+                    break
+                assert time.monotonic() < deadline, f"socket still in TCP state {state}"
+                time.sleep(0.001)
+        finally:
+            sock.close()  # only the duplicate

@@ -14,7 +14,15 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 import pytest
-from _dropin import FakeClock, PoolFactory, backend_pid, both_pools, select_one, with_clock
+from _dropin import (
+    FakeClock,
+    PoolFactory,
+    backend_pid,
+    both_pools,
+    select_one,
+    wait_readable,
+    with_clock,
+)
 
 from psycopool import pool
 
@@ -344,7 +352,7 @@ def test_prune_drops_dead_idle_connections_and_refills(
     conns = _cycle(p, 3)
     old = _pids(pg_server, app_name)
     assert pg_server.terminate(app_name) == 3
-    time.sleep(0.01)
+    wait_readable(*conns)
     p.prune()
     assert all(c.closed for c in conns)
     assert pg_server.wait_count(app_name, 2) == 2
