@@ -2,11 +2,13 @@
 
 It owns the lock, the idle stack (LIFO: warm connections first), the table
 of connections in use, the FIFO queue of waiting borrowers and the count of
-connections being opened or cleaned ("pending"). Front doors (the psycopg2
+connections being opened or cleaned ("pending") and of those being closed
+("closing"). Front doors (the psycopg2
 drop-in and the modern pool) decide *policy*; the engine keeps the books.
 
-Invariant: ``len(idle) + len(in_use) + pending`` is the number of
-connections that exist for this pool, and never exceeds ``max_size``.
+Invariant: ``len(idle) + len(in_use) + pending + closing`` is the number of
+connections that exist for this pool (what the server sees), and never
+exceeds ``max_size``.
 No I/O ever happens while the lock is held: connecting, cleaning and
 closing are done by the caller around the short locked sections.
 """
@@ -97,6 +99,8 @@ class Engine:
         self.in_use: dict[int, PooledConnection] = {}
         self.waiters: deque[Waiter] = deque()
         self.pending = 0
+        #: Connections taken off the books to be closed, until they are.
+        self.closing = 0
         self.closed = False
         self.watcher = SocketWatcher()
         #: Lend without keeping connections alive, and reclaim the slot of one a
@@ -120,8 +124,8 @@ class Engine:
 
     @property
     def size(self) -> int:
-        """Connections that exist for this pool: idle, in use, or being opened or cleaned."""
-        return len(self.idle) + len(self.in_use) + self.pending
+        """Connections that exist for this pool: idle, in use, being opened, cleaned or closed."""
+        return len(self.idle) + len(self.in_use) + self.pending + self.closing
 
     def entry_of(self, conn: Any) -> PooledConnection | None:
         """The record of a checked-out connection, or None if the pool did not lend it."""
@@ -213,21 +217,34 @@ class Engine:
         """Stop counting a checked-out connection (it is about to be closed). Lock held."""
         del self.in_use[id(entry.conn)]
 
+    def retire_locked(self, *entries: PooledConnection) -> None:
+        """Count connections taken off idle, in use or pending as closing. Lock held.
+
+        They still exist on the server until :meth:`close` has closed them, so
+        they keep their slot: no one can open a connection in their place before.
+        """
+        self.closing += len(entries)
+
     def close(self, entries: Iterable[PooledConnection]) -> None:
-        """Close connections that the engine no longer counts. No lock held."""
+        """Close retired connections, then free their slots. No lock held."""
+        entries = list(entries)
+        if not entries:
+            return
         for entry in entries:
-            self.close_one(entry)
+            conn = entry.conn if entry.ref is None else entry.ref()
+            if conn is None:
+                continue  # garbage-collected: the driver closed it
+            if not self.driver.is_closed(conn):
+                # Unwatch while the socket is still ours: once closed, its number
+                # may already belong to a newer connection.
+                self.watcher.remove(entry.fd)
+            self.driver.close(conn)
+        with self.lock:
+            self.closing -= len(entries)
 
     def close_one(self, entry: PooledConnection) -> None:
-        """Close one connection that the engine no longer counts. No lock held."""
-        conn = entry.conn if entry.ref is None else entry.ref()
-        if conn is None:
-            return  # garbage-collected: the driver closed it
-        if not self.driver.is_closed(conn):
-            # Unwatch while the socket is still ours: once closed, its number may
-            # already belong to a newer connection.
-            self.watcher.remove(entry.fd)
-        self.driver.close(conn)
+        """Close one retired connection, then free its slot. No lock held."""
+        self.close((entry,))
 
     def reclaim_dropped_locked(self) -> int:
         """Free the slots of lent connections that their borrower dropped. Lock held."""
@@ -256,6 +273,7 @@ class Engine:
         idle = self.idle
         while idle and self.size > floor and now - idle[0].idle_since > max_idle:
             expired.append(idle.popleft())
+            self.closing += 1  # still counted towards the floor until closed
         return expired
 
     def pop_dead_idle_locked(self) -> list[PooledConnection]:
@@ -265,6 +283,7 @@ class Engine:
         for entry in dead:
             self.idle.remove(entry)
         self.connections_lost += len(dead)
+        self.retire_locked(*dead)
         return dead
 
     # -- closing -------------------------------------------------------------
@@ -280,6 +299,7 @@ class Engine:
         entries.extend(self.in_use.values())
         self.idle.clear()
         self.in_use.clear()
+        self.retire_locked(*entries)
         while self.waiters:
             self.waiters.popleft().event.set()
         return entries
@@ -300,6 +320,7 @@ class Engine:
         self.in_use.clear()
         self.waiters.clear()
         self.pending = 0
+        self.closing = 0
         if entries:
             devnull = os.open(os.devnull, os.O_RDWR)
             try:

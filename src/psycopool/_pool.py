@@ -230,8 +230,10 @@ class ConnectionPool:
                 return
             self._closed = True
             self._usable = False
+            engine.closed = True  # connectors now close what they open
             idle = list(engine.idle)
             engine.idle.clear()
+            engine.retire_locked(*idle)
             waiters = list(engine.waiters)
             engine.waiters.clear()
         for waiter in waiters:
@@ -383,6 +385,7 @@ class ConnectionPool:
         engine = self._engine
         with engine.lock:
             engine.in_use.pop(id(conn), None)
+            engine.retire_locked(entry)
             if lost:
                 engine.connections_lost += 1
             else:
@@ -478,7 +481,9 @@ class ConnectionPool:
                 self._shrinking = engine.size > engine.max_size
             if keep:
                 engine.give_back_locked(entry, engine.clock())
-            elif expired and ok:
+            else:
+                engine.retire_locked(entry)
+            if not keep and expired and ok:
                 counters = self._settings.counters
                 counters["connections_recycled"] = counters.get("connections_recycled", 0) + 1
         if not keep:
@@ -522,9 +527,11 @@ class ConnectionPool:
             kept = [e for e in engine.idle if e.expires_at > now]
             recycled = len(engine.idle) - len(kept)
             if recycled:
-                to_close.extend(e for e in engine.idle if e.expires_at <= now)
+                old = [e for e in engine.idle if e.expires_at <= now]
                 engine.idle.clear()
                 engine.idle.extend(kept)
+                engine.retire_locked(*old)
+                to_close.extend(old)
                 counters["connections_recycled"] = (
                     counters.get("connections_recycled", 0) + recycled
                 )
@@ -535,8 +542,10 @@ class ConnectionPool:
                 ) + len(expired)
                 to_close.extend(expired)
             if self._shrinking:  # resize() lowered max_size
-                while engine.idle and engine.size > engine.max_size:
-                    to_close.append(engine.idle.popleft())
+                while engine.idle and engine.size - engine.closing > engine.max_size:
+                    surplus = engine.idle.popleft()
+                    engine.retire_locked(surplus)
+                    to_close.append(surplus)
                 self._shrinking = engine.size > engine.max_size
             if check_all:
                 to_check = list(engine.idle)
@@ -571,6 +580,7 @@ class ConnectionPool:
             now = engine.clock()
             for entry in good:
                 engine.give_back_locked(entry, now)
+            engine.retire_locked(*bad)
         engine.close(bad)
 
     def check(self) -> None:

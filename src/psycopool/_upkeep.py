@@ -167,6 +167,8 @@ class Upkeep:
                 kept = not engine.closed
                 if kept:
                     engine.give_back_locked(entry, engine.clock())
+                else:
+                    engine.retire_locked(entry)
             if recovered:
                 logger.warning(
                     "pool %r: connected again after %d failed attempts",

@@ -176,6 +176,7 @@ class AbstractConnectionPool:
             if self._used.get(entry.key) is entry.conn:
                 del self._used[entry.key]
             engine.connections_lost += 1
+            engine.retire_locked(entry)
         logger.info("discarding a dead idle connection from %r", self)
         engine.close_one(entry)
 
@@ -195,6 +196,7 @@ class AbstractConnectionPool:
                 # Another thread got a connection under the same key meanwhile.
                 engine.give_back_locked(entry, engine.clock())
                 return existing
+            engine.retire_locked(entry)
         engine.close_one(entry)
         raise PoolError("connection pool is closed")
 
@@ -240,6 +242,8 @@ class AbstractConnectionPool:
             else:
                 engine.pending += 1
                 to_clean = entry
+            if to_close is not None:
+                engine.retire_locked(to_close)
         finally:
             lock.release()
         if to_clean is not None:
@@ -269,6 +273,8 @@ class AbstractConnectionPool:
             keep = ok and not self.closed and self._keeps_returned_locked()
             if keep:
                 engine.give_back_locked(entry, engine.clock())
+            else:
+                engine.retire_locked(entry)
         if not keep:
             engine.close_one(entry)
 
@@ -302,6 +308,7 @@ class AbstractConnectionPool:
                 if not self.closed:
                     engine.give_back_locked(entry, engine.clock())
                     continue
+                engine.retire_locked(entry)
             engine.close_one(entry)
             return
 
