@@ -92,9 +92,12 @@ def is_alive(driver: Driver, conn: Any, fd: int, watcher: SocketWatcher) -> bool
 
 
 def ping(driver: Driver, conn: Any) -> bool:
-    """True if the server answers an empty query: one round trip, catches dead networks."""
+    """True if the server answers a trivial query: one round trip, catches dead networks.
+
+    Run outside any transaction, so the connection stays IDLE.
+    """
     try:
-        driver.execute(conn, "")
+        driver.execute_autocommit(conn, "SELECT 1")
     except Exception:
         return False
     return True

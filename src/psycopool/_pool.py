@@ -326,7 +326,7 @@ class ConnectionPool:
                 lock.release()
             if waiter is not None:
                 if not deadline:
-                    deadline = self.clock() + timeout
+                    deadline = time.monotonic() + timeout
                 entry = self._wait(waiter, deadline, timeout)
                 # Handed over by a borrower that returned it clean, or newly opened.
                 return self._lend(entry)
@@ -350,7 +350,7 @@ class ConnectionPool:
                     return self._lend(entry)
             self._drop(entry, conn, lost=now < entry.expires_at)
             if not deadline:
-                deadline = self.clock() + timeout
+                deadline = time.monotonic() + timeout
 
     def _lend(self, entry: PooledConnection) -> Any:
         """Hand the connection out: from now on only the borrower keeps it alive."""
@@ -399,10 +399,10 @@ class ConnectionPool:
         """Wait in the FIFO queue until handed a connection, or until the deadline."""
         self._upkeep.request_connections()
         engine = self._engine
-        started = self.clock()
+        started = time.monotonic()
         waiter.event.wait(max(0.0, deadline - started))
         with engine.lock:
-            self._requests_wait_ms += int((self.clock() - started) * 1000)
+            self._requests_wait_ms += int((time.monotonic() - started) * 1000)
             entry = waiter.entry
             if entry is not None:
                 return entry
