@@ -346,7 +346,12 @@ class ConnectionPool:
                         entry.stack = "".join(traceback.format_stack()[:-1])
                         entry.leak_reported = False
                     return conn
-                if self._passes_check(entry):
+                try:
+                    passed = self._passes_check(entry)
+                except BaseException:
+                    self.putconn(conn)  # interrupted: the connection goes back
+                    raise
+                if passed:
                     return self._lend(entry)
             self._drop(entry, conn, lost=now < entry.expires_at)
             if not deadline:
@@ -400,7 +405,18 @@ class ConnectionPool:
         self._upkeep.request_connections()
         engine = self._engine
         started = time.monotonic()
-        waiter.event.wait(max(0.0, deadline - started))
+        try:
+            waiter.event.wait(max(0.0, deadline - started))
+        except BaseException:
+            # Interrupted (KeyboardInterrupt...): leave the queue, and give back a
+            # connection handed over meanwhile, or it would be lost to the pool.
+            with engine.lock:
+                handed = waiter.entry
+                if handed is None and waiter in engine.waiters:
+                    engine.waiters.remove(waiter)
+            if handed is not None:
+                self.putconn(handed.conn)
+            raise
         with engine.lock:
             self._requests_wait_ms += int((time.monotonic() - started) * 1000)
             entry = waiter.entry
