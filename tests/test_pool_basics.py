@@ -128,6 +128,18 @@ def test_connection_returned_after_close_timeout_does_not_raise(dsn: str):
         pool.close()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: close() right after open() sometimes raises RuntimeError('cannot join thread"
+    " before it is started'): Upkeep.request_connections adds a connector thread to _threads"
+    " before starting it, and Upkeep.stop() joins it",
+)
+def test_close_right_after_open_never_raises(dsn: str):
+    for _ in range(200):
+        pool = ConnectionPool(dsn, min_size=1, max_size=2)
+        pool.close()
+
+
 def test_waiters_get_pool_closed_when_the_pool_closes(dsn: str):
     pool = ConnectionPool(dsn, min_size=1, max_size=1)
     errors: list[BaseException] = []
@@ -204,7 +216,9 @@ def test_getconn_putconn_round_trip(pg_server: Any, app_name: str, dsn: str):
         assert pool.stats()["pool_available"] == 2
         assert pg_server.count(app_name) == 2
         # LIFO: the warmest (last returned) first.
-        assert pool.getconn(timeout=1) is b
+        again = pool.getconn(timeout=1)
+        pool.putconn(again)
+        assert again is b
 
 
 def test_putconn_foreign_connection_raises(dsn: str):
@@ -387,6 +401,7 @@ def test_getconn_bad_timeout(dsn: str, timeout: float):
 
 def test_resize_bad_arguments(dsn: str):
     with ConnectionPool(dsn, min_size=1, max_size=2) as pool:
+        pool.wait(timeout=5)
         with pytest.raises(ValueError, match="max_size"):
             pool.resize(3, 2)
         assert pool.stats()["pool_max"] == 2 and pool.stats()["pool_min"] == 1
