@@ -205,6 +205,7 @@ class Monitor:
         self._current: dict[str, int] = {}
         self._peaks: dict[str, int] = {}
         self._generation = 0
+        self._wanted = 0  # callers in sync/watch/peak, plus watched peers: poll while > 0
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="bench-monitor", daemon=True)
@@ -214,6 +215,8 @@ class Monitor:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
         self._thread.join(5)
 
     def _run(self) -> None:
@@ -242,6 +245,8 @@ class Monitor:
                         self._peaks[name] = max(self._peaks[name], counts.get(name, 0))
                     self._generation += 1
                     self._cond.notify_all()
+                    # Idle (no query load on a small machine) while nothing is watched.
+                    self._cond.wait_for(lambda: self._wanted > 0 or self._stop.is_set())
                 self._stop.wait(self._interval)
         finally:
             if conn is not None:
@@ -251,19 +256,35 @@ class Monitor:
     def sync(self, timeout: float = 2.0) -> None:
         """Wait for a sample taken entirely after this call."""
         with self._cond:
-            target = self._generation + 2
-            self._cond.wait_for(lambda: self._generation >= target, timeout)
+            self._wanted += 1
+            self._cond.notify_all()
+            try:
+                target = self._generation + 2
+                self._cond.wait_for(lambda: self._generation >= target, timeout)
+            finally:
+                self._wanted -= 1
 
     def watch(self, app: str) -> None:
-        """Start (or restart) tracking ``app``'s peak from its current count."""
+        """Track ``app``'s peak, from its current count, until :meth:`peak`."""
+        with self._cond:
+            self._wanted += 1
         self.sync()
         with self._cond:
             self._peaks[app] = self._current.get(app, 0)
 
     def peak(self, app: str) -> int:
+        """``app``'s peak since :meth:`watch`; stops tracking it."""
         self.sync()
+        return self.forget(app)
+
+    def forget(self, app: str) -> int:
+        """Stop tracking ``app`` (no-op if not tracked); its peak so far."""
         with self._cond:
-            return self._peaks.get(app, 0)
+            peak = self._peaks.pop(app, None)
+            if peak is None:
+                return 0
+            self._wanted -= 1
+            return peak
 
 
 @dataclass
@@ -357,6 +378,7 @@ def _opened(
     try:
         yield peer, app
     finally:
+        ctx.monitor.forget(app)
         with contextlib.suppress(Exception):
             peer.close()
         ctx.admin.wait_count(app, 0, timeout=3.0)
