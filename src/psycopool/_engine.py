@@ -271,9 +271,11 @@ class Engine:
         """
         expired: list[PooledConnection] = []
         idle = self.idle
-        while idle and self.size > floor and now - idle[0].idle_since > max_idle:
+        staying = self.size - self.closing  # those being closed don't count towards the floor
+        while idle and staying > floor and now - idle[0].idle_since > max_idle:
             expired.append(idle.popleft())
-            self.closing += 1  # still counted towards the floor until closed
+            staying -= 1
+        self.retire_locked(*expired)
         return expired
 
     def pop_dead_idle_locked(self) -> list[PooledConnection]:

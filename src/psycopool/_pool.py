@@ -450,6 +450,11 @@ class ConnectionPool:
         try:
             entry = engine.in_use.pop(id(conn), None)
             if entry is None:
+                if self._closed:
+                    # Lent before close(timeout) gave up waiting for it: close() has
+                    # closed it already; returning it is still fine.
+                    driver.close(conn)
+                    return
                 raise ValueError(
                     f"conn ({type(conn).__name__} at {id(conn):#x}) was not lent by pool"
                     f" {self.name!r}, or was already returned"
@@ -692,6 +697,12 @@ class _Borrowed:
         driver = pool._driver
         try:
             if exc_type is None:
+                if pool._closed and driver.is_closed(conn):
+                    raise pool._err(
+                        PoolClosed,
+                        f"pool {pool.name!r} was closed, and this connection with it, before"
+                        " the block ended: its transaction was not committed",
+                    )
                 driver.commit(conn)
             elif not driver.is_closed(conn):
                 try:

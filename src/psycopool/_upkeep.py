@@ -75,8 +75,8 @@ class Upkeep:
             daemon=True,
         )
         self._thread = thread
-        self._threads.add(thread)
         thread.start()
+        self._threads.add(thread)
 
     def stop(self, timeout: float | None) -> list[threading.Thread]:
         """Ask every thread to end; wait up to ``timeout`` seconds. Returns those still running."""
@@ -135,8 +135,8 @@ class Upkeep:
                 name=f"psycopool-{self._settings.name}-connect",
                 daemon=True,
             )
-            self._threads.add(thread)
             thread.start()
+            self._threads.add(thread)  # only started threads: stop() joins them
 
     def _connector(self) -> None:
         engine = self._engine
