@@ -135,7 +135,12 @@ class Upkeep:
                 name=f"psycopool-{self._settings.name}-connect",
                 daemon=True,
             )
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError:  # interpreter shutting down: no new threads
+                with engine.lock:
+                    self._connecting -= 1
+                continue
             self._threads.add(thread)  # only started threads: stop() joins them
 
     def _connector(self) -> None:
