@@ -38,6 +38,8 @@ class SocketWatcher:
                 self._epoll.register(fd, select.EPOLLIN)
             except FileExistsError:
                 self._epoll.modify(fd, select.EPOLLIN)
+            except ValueError:
+                pass  # the pool closed meanwhile: its opener will close this one
 
     def remove(self, fd: int) -> None:
         """Stop watching ``fd``; call it while the socket is still open."""
@@ -51,7 +53,10 @@ class SocketWatcher:
         epoll = self._epoll
         if epoll is None:
             return _fd_has_input(fd)
-        ready = epoll.poll(0)
+        try:
+            ready = epoll.poll(0)
+        except ValueError:  # closed with its pool meanwhile
+            return _fd_has_input(fd)
         if not ready:
             return False
         return any(ready_fd == fd for ready_fd, _ in ready)

@@ -336,6 +336,7 @@ class AbstractConnectionPool:
             entries = engine.close_all_locked()
             self._used.clear()
         engine.close(entries)
+        engine.watcher.close()
 
 
 class SimpleConnectionPool(AbstractConnectionPool):

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workloads", type=_names, help=f"comma-separated subset of: {work_keys}")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write all results as JSON")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart (PNG)")
+    parser.add_argument(
+        "--markdown", type=Path, metavar="FILE.md", help="write the tables as Markdown"
+    )
     knobs = parser.add_argument_group("sizes (override the defaults or --quick)")
     knobs.add_argument("--iterations", type=int, help="single: borrow+return pairs per peer")
     knobs.add_argument("--query-iterations", type=int, help="query: pairs per peer")
@@ -204,10 +207,13 @@ def run(args: argparse.Namespace) -> int:
     info["seconds"] = round(time.monotonic() - started, 1)
     report.print_tables(console, tables, info, skipped)
     console.print(f"total {info['seconds']} s")
+    data = report.results_dict(tables, info, settings.as_dict(), peers, skipped)
     if args.json is not None:
-        data = report.results_dict(tables, info, settings.as_dict(), peers, skipped)
         report.write_json(args.json, data)
         console.print(f"wrote {args.json}")
+    if args.markdown is not None:
+        args.markdown.write_text(report.markdown(data))
+        console.print(f"wrote {args.markdown}")
     if args.plot is not None:
         report.write_plot(args.plot, tables)
         console.print(f"wrote {args.plot}")

@@ -232,3 +232,48 @@ def write_plot(path: Path, tables: Sequence[Table]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The results (as :func:`results_dict` builds them, or read back from --json) as Markdown."""
+    info = data.get("machine", {})
+    peers = data.get("peers", {})
+    lines = [
+        f"Machine: {info.get('cpu_count')} CPUs, {info.get('platform')}, Python "
+        f"{info.get('python')}, PostgreSQL {info.get('postgresql')}; "
+        + ", ".join(f"{k} {v}" for k, v in info.get("libraries", {}).items()),
+        "",
+    ]
+    for tables in data.get("workloads", {}).values():
+        for table in tables:
+            columns = table["columns"]
+            primary = next((c for c in columns if c["key"] == table["primary"]), None)
+            waits = table["workload"] in ("contention", "burst", "faults")
+            header = ["pool"] + (["on empty"] if waits else []) + [c["header"] for c in columns]
+            if primary is not None:
+                header.append(f"{primary['header']} ÷ psycopool")
+            lines += [f"**{table['title']}**", "", "| " + " | ".join(header) + " |"]
+            lines.append("|" + "---|" * len(header))
+            for key in _ordered(set(table["rows"]) | set(table["errors"])):
+                peer = peers.get(key, {})
+                cells = [peer.get("label", key)]
+                if waits:
+                    cells.append("raises" if peer.get("raises_when_exhausted") else "waits")
+                row = table["rows"].get(key)
+                if row is None:
+                    cells.append(f"failed: {table['errors'][key]}")
+                    cells += [""] * (len(header) - len(cells))
+                else:
+                    cells += [format(row[c["key"]], c["fmt"]) for c in columns]
+                    if primary is not None:
+                        r = table.get("ratios", {}).get(key)
+                        cells.append(
+                            "" if r is None else f"{r['ratio']:.2f}{_ref_mark(r['reference'])}"
+                        )
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
+    lines.append(
+        "Ratios: the marked column divided by psycopool's (psycopool.ConnectionPool, its "
+        "`with` row for `with` rows; † = the psycopool.pool drop-in)."
+    )
+    return "\n".join(lines) + "\n"
