@@ -78,32 +78,20 @@ class Driver(abc.ABC):
         """Commit any transaction, including an explicit BEGIN in autocommit mode."""
 
     @abc.abstractmethod
-    def execute(self, conn: Any, sql: str) -> None:
-        """Run one statement, discarding any result."""
-
-    @abc.abstractmethod
     def execute_autocommit(self, conn: Any, sql: str) -> None:
         """Run one statement outside any transaction (the connection is IDLE)."""
 
-    @abc.abstractmethod
     def close(self, conn: Any) -> None:
-        """Close the connection; never raises."""
+        """Close the connection; never raises.
 
-    @abc.abstractmethod
-    def is_disconnect(self, exc: BaseException) -> bool:
-        """True if ``exc`` means the connection can't be used any more."""
-
-
-# SQLSTATE classes and codes meaning the session is gone: connection exceptions (08),
-# admin shutdown / crash shutdown / cannot connect now (57P01-57P03).
-_DISCONNECT_SQLSTATES = ("57P01", "57P02", "57P03")
-
-
-def sqlstate_is_disconnect(sqlstate: str | None) -> bool:
-    """True for the SQLSTATEs that mean the server ended the session."""
-    if not sqlstate:
-        return False
-    return sqlstate.startswith("08") or sqlstate in _DISCONNECT_SQLSTATES
+        A disconnect needs no classifying of errors here: both drivers mark a
+        connection closed (psycopg2) or broken (psycopg) when the server or
+        the network ends it, and :meth:`is_closed` reads that.
+        """
+        try:
+            conn.close()
+        except Exception:  # a broken connection may fail to close: it is gone anyway
+            pass
 
 
 _DRIVER_NAMES = ("psycopg2", "psycopg")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from psycopool._drivers import IDLE, Driver, SessionState, sqlstate_is_disconnect
+from psycopool._drivers import IDLE, Driver, SessionState
 
 try:
     import psycopg
@@ -77,9 +77,6 @@ class PsycopgDriver(Driver):
             else:
                 conn.commit()
 
-    def execute(self, conn: Any, sql: str) -> None:
-        conn.execute(sql)
-
     def execute_autocommit(self, conn: Any, sql: str) -> None:
         autocommit = conn.autocommit
         conn.autocommit = True
@@ -88,14 +85,3 @@ class PsycopgDriver(Driver):
         finally:
             if not conn.closed:
                 conn.autocommit = autocommit
-
-    def close(self, conn: Any) -> None:
-        try:
-            conn.close()
-        except Exception:  # a broken connection may fail to close: it is gone anyway
-            pass
-
-    def is_disconnect(self, exc: BaseException) -> bool:
-        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
-            return True
-        return isinstance(exc, psycopg.Error) and sqlstate_is_disconnect(exc.sqlstate)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from psycopool._drivers import IDLE, Driver, SessionState, sqlstate_is_disconnect
+from psycopool._drivers import IDLE, Driver, SessionState
 
 try:
     import psycopg2
@@ -86,10 +86,6 @@ class Psycopg2Driver(Driver):
         else:
             conn.commit()
 
-    def execute(self, conn: Any, sql: str) -> None:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-
     def execute_autocommit(self, conn: Any, sql: str) -> None:
         autocommit = conn.autocommit
         conn.autocommit = True  # psycopg2 sends nothing for this: it only skips BEGIN
@@ -99,14 +95,3 @@ class Psycopg2Driver(Driver):
         finally:
             if not conn.closed:
                 conn.autocommit = autocommit
-
-    def close(self, conn: Any) -> None:
-        try:
-            conn.close()
-        except Exception:  # a broken connection may fail to close: it is gone anyway
-            pass
-
-    def is_disconnect(self, exc: BaseException) -> bool:
-        if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
-            return True
-        return isinstance(exc, psycopg2.Error) and sqlstate_is_disconnect(exc.pgcode)
