@@ -54,9 +54,9 @@ def test_core_import_does_not_load_the_bench() -> None:
 
 
 def test_bench_all_peers_all_workloads(pg_server: Any, tmp_path: Path) -> None:
-    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    code = main(["bench", "--dsn", pg_server.dsn, *TINY, "--json", str(out), "--plot", str(png)])
-    assert code == 0
+    out, png, md = tmp_path / "bench.json", tmp_path / "bench.png", tmp_path / "bench.md"
+    outputs = ["--json", str(out), "--plot", str(png), "--markdown", str(md)]
+    assert main(["bench", "--dsn", pg_server.dsn, *TINY, *outputs]) == 0
 
     data = json.loads(out.read_text())
     assert data["machine"]["cpu_count"] >= 1
@@ -83,6 +83,7 @@ def test_bench_all_peers_all_workloads(pg_server: Any, tmp_path: Path) -> None:
                 assert _numeric(entry["ratio"]) and entry["reference"] in ran
 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert md.read_text().count("| pool |") == len(WORKLOADS)
 
 
 def test_bench_selection(pg_server: Any, tmp_path: Path) -> None:

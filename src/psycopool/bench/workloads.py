@@ -719,7 +719,7 @@ def run_faults(ctx: Context, peers: Sequence[type[Peer]]) -> list[Table]:
             Column("killed", "backends killed", ".0f"),
             Column("killed_active", "killed mid-query", ".0f"),
             Column("errors", "app errors", ".0f"),
-            Column("avoidable", "errors beyond mid-query kills (avoidable)", ".0f"),
+            Column("avoidable", "errors beyond mid-query kills", ".0f"),
             Column("retries", "exhausted retries", ".0f"),
             Column("peak_conns", "peak server conns", ".0f"),
             Column("recovered", "works after", ".0f"),
