@@ -291,7 +291,10 @@ class ConnectionPool:
         Raises :class:`PoolTimeout`, :class:`TooManyRequests` or :class:`PoolClosed`.
         Return it with :meth:`putconn`, or use :meth:`connection` instead.
         """
-        timeout = self.timeout if timeout is None else _positive("timeout", timeout)
+        if timeout is None:
+            timeout = self.timeout
+        elif type(timeout) is not float or not timeout > 0.0:  # checked in full only if unusual
+            timeout = _positive("timeout", timeout)
         engine = self._engine
         lock = engine.lock
         deadline = 0.0

@@ -446,7 +446,8 @@ class _FloorBase(Peer):
         self._idle: collections.deque[Any] = collections.deque()
         self._lent: set[int] = set()
         self._all: dict[int, Any] = {}
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
 
     def open(self, dsn: str, min_size: int, max_size: int) -> None:
         import psycopg2
@@ -491,6 +492,9 @@ class _FloorBase(Peer):
                 self._size -= 1
                 self._cond.notify()
             return
+        self._put_idle(conn)
+
+    def _put_idle(self, conn: Any) -> None:
         with self._cond:
             self._idle.append(conn)
             self._cond.notify()
@@ -514,13 +518,18 @@ class FloorLockPeer(_FloorBase):
     raises_when_exhausted = True
 
     def get(self) -> Any:
-        with self._cond:
+        # The bare Lock, not the Condition: no waiter to wake, nothing else to pay for.
+        with self._lock:
             if self._idle:
                 return self._idle.pop()
             if self._size >= self._max:
                 raise Exhausted("connection pool exhausted")
             self._size += 1
         return self._connect_reserved()
+
+    def _put_idle(self, conn: Any) -> None:
+        with self._lock:
+            self._idle.append(conn)
 
     def is_exhausted(self, exc: BaseException) -> bool:
         return isinstance(exc, Exhausted)

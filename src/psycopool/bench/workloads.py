@@ -25,6 +25,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -422,6 +423,54 @@ def _one_thread_pairs(
         raise KeyboardInterrupt
 
 
+class _NullContext:
+    """What ``with`` costs by itself: the null peer's context manager."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class _NullPeer(Peer):
+    """A pool that does nothing, behind the same adapter layer: measures the harness itself."""
+
+    key = "null"
+
+    def get(self) -> Any:
+        return None
+
+    def put(self, conn: Any, close: bool = False) -> None:
+        if close:
+            return
+
+    def connection(self) -> AbstractContextManager[Any]:
+        return _NullContext()
+
+
+class _NullContextPeer(_NullPeer):
+    uses_context = True
+
+
+def _harness_ns(n: int, stop: threading.Event) -> dict[bool, int]:
+    """Median ns per pair that the timing loop and the adapter call cost with no pool at all.
+
+    Subtracted from every sample of the single workload, so the figures are the
+    pools' own cost and the ratios between pools are not diluted by a constant.
+    """
+    overhead: dict[bool, int] = {}
+    for peer in (_NullPeer(), _NullContextPeer()):
+        samples: list[int] = []
+        for _ in range(3):
+            _one_thread_pairs(peer, max(n, 1000), samples, None, stop)
+        samples.sort()
+        overhead[peer.uses_context] = samples[len(samples) // 2]
+    return overhead
+
+
 def _sliced(ctx: Context, peers: Sequence[type[Peer]], name: str) -> list[Table]:
     s = ctx.settings
     query = "SELECT 1" if name == "query" else None
@@ -463,9 +512,20 @@ def _sliced(ctx: Context, peers: Sequence[type[Peer]], name: str) -> list[Table]
                         failed.add(key)
                         table.errors[key] = _error_text(exc)
                 ctx.tick(f"{name}: slice {i + 1}/{slices} {key}")
+    harness = _harness_ns(s.warmup, ctx.stop) if name == "single" else {}
+    if harness:
+        table.title += (
+            f" (net of the timing harness: {harness[False] / 1000:.2f} µs get/put,"
+            f" {harness[True] / 1000:.2f} µs with, measured with a pool that does nothing)"
+        )
+        table.params["harness_ns"] = {"getput": harness[False], "with": harness[True]}
     for key, ns in timings.items():
         if key in failed or not ns:
             continue
+        if harness:
+            uses_context = next(type(p).uses_context for p in opened if type(p).key == key)
+            cost = harness[uses_context]
+            ns = [max(0, t - cost) for t in ns]
         ns.sort()
         table.rows[key] = {
             "mean_us": sum(ns) / len(ns) / 1000.0,
