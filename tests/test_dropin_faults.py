@@ -80,7 +80,7 @@ def test_all_idle_terminated_by_server_are_replaced(
     old = set(pg_server.pids(app_name))
     assert pg_server.terminate(app_name) == 3
     wait_readable(*idle)
-    clock.advance(1)  # well past "returned moments ago" (see the xfail below)
+    clock.advance(1)  # well past "returned moments ago" (RECENTLY_USED, 1 ms)
     conns = [p.getconn() for _ in range(3)]  # no error reaches the caller
     assert [select_one(c) for c in conns] == [1, 1, 1]
     new = {backend_pid(c) for c in conns}
@@ -537,7 +537,7 @@ def test_password_never_shown(
         pg_server.terminate(app_name)
         wait_readable(c)
         p.putconn(c)
-        time.sleep(0.01)  # past the 1 ms "recently used" window (see the xfail above)
+        time.sleep(0.01)  # past the 1 ms "recently used" window (RECENTLY_USED)
         c = p.getconn()
         assert select_one(c) == 1
         p.putconn(c)

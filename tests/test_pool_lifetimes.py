@@ -62,12 +62,6 @@ def test_max_idle_closes_connections_above_min_size_only(
         pool.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pool.check() puts the idle connections it pinged back with"
-    " give_back_locked(entry, now), resetting idle_since: a pool checked more often than"
-    " max_idle never closes idle connections",
-)
 def test_check_does_not_reset_idle_age(pg_server: Any, app_name: str, dsn: str, clock: FakeClock):
     pool = clocked(clock)(dsn, min_size=1, max_size=3, max_idle=10, max_lifetime=None)
     try:

@@ -178,11 +178,6 @@ def test_callable_reset_runs_on_every_return(dsn: str):
             assert conn2.get_transaction_status() == ext.TRANSACTION_STATUS_IDLE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _reset.clean() rolls back the transaction a reset callable leaves open, so"
-    " a callable running e.g. RESET work_mem outside autocommit silently has no effect",
-)
 def test_callable_reset_statements_take_effect(dsn: str):
     def reset(conn: Any) -> None:
         execute(conn, "RESET work_mem")
@@ -263,11 +258,6 @@ def test_failing_configure_closes_the_connection(pg_server: Any, app_name: str, 
         assert pg_server.count(app_name) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (or design gap): reset='discard' runs DISCARD ALL, which also wipes the"
-    " settings configure= made, so they don't stay the baseline after the first return",
-)
 def test_configure_settings_survive_discard(dsn: str):
     def configure(conn: Any) -> None:
         conn.autocommit = True

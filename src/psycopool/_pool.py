@@ -151,11 +151,16 @@ class ConnectionPool:
 
     def _reset_function(self, reset: ResetPolicy) -> Callable[[Any], object] | None:
         if reset == "discard":
-            driver = self._driver
-            return lambda conn: driver.execute_autocommit(conn, "DISCARD ALL")
+            return self._discard_all
         if callable(reset):
             return reset
         return None
+
+    def _discard_all(self, conn: Any) -> None:
+        """``DISCARD ALL``, then ``configure`` again: a discarded session is a new session."""
+        self._driver.execute_autocommit(conn, "DISCARD ALL")
+        if self._configure is not None:
+            self._configure(conn)
 
     def _connect(self) -> Any:
         """Open one connection (called by connector threads) and run ``configure`` on it."""
@@ -603,7 +608,14 @@ class ConnectionPool:
                 good = []
             now = engine.clock()
             for entry in good:
+                idle_since = entry.idle_since
                 engine.give_back_locked(entry, now)
+                entry.idle_since = idle_since  # a check is not a use: max_idle still counts
+            if good:
+                # Keep the stack ordered by idle age: expiry looks at its bottom only.
+                ordered = sorted(engine.idle, key=lambda e: e.idle_since)
+                engine.idle.clear()
+                engine.idle.extend(ordered)
             engine.retire_locked(*bad)
         engine.close(bad)
 

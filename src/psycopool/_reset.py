@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from psycopool._drivers import IDLE, UNKNOWN, Driver, SessionState
+from psycopool._drivers import IDLE, INTRANS, UNKNOWN, Driver, SessionState
 
 logger = logging.getLogger("psycopool")
 
@@ -17,7 +17,7 @@ def clean(
     state: SessionState,
     extra: Callable[[Any], object] | None = None,
 ) -> bool:
-    """Roll back, restore the session attributes, then run ``extra``.
+    """Roll back, restore the session attributes, then run ``extra`` (committing what it runs).
 
     Returns False if the connection is closed, broken or could not be cleaned:
     the caller must then close it, never reuse it.
@@ -34,8 +34,11 @@ def clean(
             driver.restore_session(conn, state)
         if extra is not None:
             extra(conn)
-            if driver.transaction_status(conn) != IDLE:
-                driver.rollback(conn)
+            status = driver.transaction_status(conn)
+            if status == INTRANS:
+                driver.commit(conn)  # what a reset function runs must take effect
+            elif status != IDLE:
+                return False
     except Exception as exc:
         logger.warning("closing a returned connection that could not be reset: %s", exc)
         return False
