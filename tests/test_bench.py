@@ -70,6 +70,8 @@ def test_bench_all_peers_all_workloads(pg_server: Any, tmp_path: Path) -> None:
 
     assert set(data["workloads"]) == set(WORKLOADS)
     assert len(data["workloads"]["contention"]) == 1
+    scenarios = [t["params"]["scenario"] for t in data["workloads"]["faults"]]
+    assert scenarios == ["busy", "idle"]
     for name, tables in data["workloads"].items():
         for table in tables:
             assert table["workload"] == name
@@ -83,7 +85,7 @@ def test_bench_all_peers_all_workloads(pg_server: Any, tmp_path: Path) -> None:
                 assert _numeric(entry["ratio"]) and entry["reference"] in ran
 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert md.read_text().count("| pool |") == len(WORKLOADS)
+    assert md.read_text().count("| pool |") == len(WORKLOADS) + 1  # faults: busy and idle
 
 
 def test_bench_selection(pg_server: Any, tmp_path: Path) -> None:

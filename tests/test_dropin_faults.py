@@ -80,7 +80,7 @@ def test_all_idle_terminated_by_server_are_replaced(
     old = set(pg_server.pids(app_name))
     assert pg_server.terminate(app_name) == 3
     wait_readable(*idle)
-    clock.advance(1)  # well past "returned moments ago" (RECENTLY_USED, 1 ms)
+    clock.advance(1)  # well past "returned moments ago" (RECENTLY_USED, 0.1 ms)
     conns = [p.getconn() for _ in range(3)]  # no error reaches the caller
     assert [select_one(c) for c in conns] == [1, 1, 1]
     new = {backend_pid(c) for c in conns}
@@ -131,7 +131,7 @@ def test_checked_out_connection_killed_then_returned(
 
 
 @both_pools
-# Returned less than RECENTLY_USED (1 ms) earlier, a connection is lent again without
+# Returned less than RECENTLY_USED (0.1 ms) earlier, a connection is lent again without
 # looking at its socket: a documented trade-off (docs/migrating-from-psycopg2-pool.md),
 # so only pauses past that window are tested here.
 @pytest.mark.parametrize("pause", [0.002, 1.0])
@@ -537,7 +537,7 @@ def test_password_never_shown(
         pg_server.terminate(app_name)
         wait_readable(c)
         p.putconn(c)
-        time.sleep(0.01)  # past the 1 ms "recently used" window (RECENTLY_USED)
+        time.sleep(0.01)  # past the 0.1 ms "recently used" window (RECENTLY_USED)
         c = p.getconn()
         assert select_one(c) == 1
         p.putconn(c)

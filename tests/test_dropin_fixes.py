@@ -111,7 +111,7 @@ def test_idle_connection_killed_by_server_is_not_handed_out(
         admin.close()
     assert pg_server.wait_count(app_name, 1) == 1
     wait_readable(b)
-    time.sleep(0.01)  # past the 1 ms "recently used" window (test_dropin_faults.py)
+    time.sleep(0.01)  # past the 0.1 ms "recently used" window (test_dropin_faults.py)
     first = p.getconn()
     assert select_one(first) == 1
     assert backend_pid(first) != pid_b

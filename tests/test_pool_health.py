@@ -11,7 +11,7 @@ from _modern import pid_of, query, wait_until
 
 from psycopool import ConnectionPool, PoolTimeout
 
-#: Idle connections returned less than 1 ms ago skip the check (RECENTLY_USED): wait past it.
+#: Idle connections returned less than 0.1 ms ago skip the check (RECENTLY_USED): wait past it.
 PAST_RECENT = 0.01
 
 
