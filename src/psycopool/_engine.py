@@ -127,10 +127,6 @@ class Engine:
         """Connections that exist for this pool: idle, in use, being opened, cleaned or closed."""
         return len(self.idle) + len(self.in_use) + self.pending + self.closing
 
-    def entry_of(self, conn: Any) -> PooledConnection | None:
-        """The record of a checked-out connection, or None if the pool did not lend it."""
-        return self.in_use.get(id(conn))
-
     # -- opening -------------------------------------------------------------
 
     def open_connection(self) -> PooledConnection:
@@ -138,7 +134,8 @@ class Engine:
 
         On failure the reservation is given back and the error raised. On
         success the new connection is returned still counted as pending: the
-        caller decides where it goes (``lend_new``, ``give_back``, ``forget``).
+        caller decides where it goes (``lend_new_locked``, ``give_back_locked``, or
+        ``retire_locked`` then ``close``).
         """
         start = self.clock()
         try:
@@ -176,14 +173,6 @@ class Engine:
 
     # -- lending -------------------------------------------------------------
 
-    def take_idle_locked(self) -> PooledConnection | None:
-        """Pop the warmest idle connection and count it in use. Lock held."""
-        if not self.idle:
-            return None
-        entry = self.idle.pop()
-        self.in_use[id(entry.conn)] = entry
-        return entry
-
     def is_alive(self, entry: PooledConnection) -> bool:
         """The zero-round-trip liveness check; no lock needed (the caller owns ``entry``).
 
@@ -212,10 +201,6 @@ class Engine:
         else:
             entry.idle_since = now
             self.idle.append(entry)
-
-    def forget_locked(self, entry: PooledConnection) -> None:
-        """Stop counting a checked-out connection (it is about to be closed). Lock held."""
-        del self.in_use[id(entry.conn)]
 
     def retire_locked(self, *entries: PooledConnection) -> None:
         """Count connections taken off idle, in use or pending as closing. Lock held.

@@ -145,7 +145,7 @@ class AbstractConnectionPool:
                         self.idle_timeout, self.minconn, engine.clock()
                     )
                 if idle:
-                    # Engine.take_idle_locked(), inlined on the hot path.
+                    # Hot path: the warmest idle connection, counted in use.
                     entry = idle.pop()
                     engine.in_use[id(entry.conn)] = entry
                     entry.key = key
@@ -220,7 +220,7 @@ class AbstractConnectionPool:
                     f"trying to put a connection under key {key!r}, which is not the key it has"
                 )
             del self._used[entry.key]
-            del engine.in_use[id(conn)]  # Engine.forget_locked(), inlined
+            del engine.in_use[id(conn)]
             if close:
                 to_close = entry
             elif driver.is_clean(conn, entry.state):
