@@ -43,6 +43,15 @@ __all__ = [
 ]
 
 RETRY_DELAY = 100e-6  # seconds before retrying a pool that raised "exhausted"
+#: A pool that raises "exhausted" for this long while the bench holds none of its
+#: connections has lost track of them: the borrow fails (an application error).
+EXHAUSTED_GIVE_UP = 10.0
+
+
+class StuckExhausted(Exception):
+    """The pool said "exhausted" for EXHAUSTED_GIVE_UP seconds in a row."""
+
+
 SLEEP_SQL = "SELECT pg_sleep(0.001)"
 ADMIN_APP = "psycopool-admin-bench"  # outside APP_PREFIX: the monitor does not count it
 
@@ -319,11 +328,14 @@ class Borrower:
 
     def __init__(self, peer: Peer) -> None:
         self.peer = peer
+        #: Set once the pool stayed exhausted for EXHAUSTED_GIVE_UP seconds.
+        self.stuck = False
 
     def acquire(self) -> tuple[Any, Any, int]:
         """(connection, context manager or None, retries)."""
         peer = self.peer
         retries = 0
+        give_up = 0.0
         while True:
             try:
                 if peer.uses_context:
@@ -332,6 +344,14 @@ class Borrower:
                 return peer.get(), None, retries
             except Exception as exc:
                 if peer.raises_when_exhausted and peer.is_exhausted(exc):
+                    now = time.monotonic()
+                    if not give_up:
+                        give_up = now + EXHAUSTED_GIVE_UP
+                    elif now > give_up:
+                        self.stuck = True
+                        raise StuckExhausted(
+                            f"still exhausted after {EXHAUSTED_GIVE_UP:g} s of retries"
+                        ) from exc
                     retries += 1
                     time.sleep(RETRY_DELAY)
                     continue
@@ -567,6 +587,9 @@ class _Tally:
 
 def _one_op(borrower: Borrower, tally: _Tally, sql: str) -> None:
     """Borrow (timing the wait), run ``sql``, return; errors are counted, never raised."""
+    if borrower.stuck:  # the pool lost its connections: fail fast, don't wait again
+        tally.error(StuckExhausted("the pool stayed exhausted"))
+        return
     t0 = time.perf_counter()
     try:
         conn, cm, retries = borrower.acquire()
