@@ -22,6 +22,7 @@ from typing import Any
 import psycopg2
 
 from psycopool._args import as_count, as_seconds
+from psycopool._drivers import IDLE as _IDLE
 from psycopool._drivers import hide_password
 from psycopool._drivers._psycopg2 import Psycopg2Driver
 from psycopool._engine import Engine, PooledConnection
@@ -126,7 +127,7 @@ class AbstractConnectionPool:
         lock = engine.lock
         used = self._used
         while True:
-            expired: list[PooledConnection] = []
+            expired: list[PooledConnection] | None = None
             # acquire/release rather than `with`: measurably cheaper on the hot path.
             lock.acquire()
             try:
@@ -147,9 +148,10 @@ class AbstractConnectionPool:
                 if idle:
                     # Hot path: the warmest idle connection, counted in use.
                     entry = idle.pop()
-                    engine.in_use[id(entry.conn)] = entry
+                    conn = entry.conn
+                    engine.in_use[id(conn)] = entry
                     entry.key = key
-                    used[key] = entry.conn
+                    used[key] = conn
                 elif engine.size >= self.maxconn:
                     raise PoolError("connection pool exhausted")
                 else:
@@ -163,9 +165,9 @@ class AbstractConnectionPool:
                 return self._lend_new(key)
             # Engine.is_alive(), with its recently-used shortcut inlined.
             if (
-                engine.clock() - entry.idle_since < RECENTLY_USED and not entry.conn.closed
+                engine.clock() - entry.idle_since < RECENTLY_USED and not conn.closed
             ) or engine.is_alive(entry):
-                return entry.conn
+                return conn
             self._drop_dead(entry)
 
     def _drop_dead(self, entry: PooledConnection) -> None:
@@ -212,18 +214,24 @@ class AbstractConnectionPool:
         try:
             if self.closed:
                 raise PoolError("connection pool is closed")
-            entry = engine.in_use.get(id(conn))
+            entry = engine.in_use.pop(id(conn), None)
             if entry is None:
                 raise PoolError("trying to put unkeyed connection")
             if key is not None and (key != entry.key or self._used.get(key) is not conn):
+                engine.in_use[id(conn)] = entry  # still lent: nothing changed
                 raise PoolError(
                     f"trying to put a connection under key {key!r}, which is not the key it has"
                 )
             del self._used[entry.key]
-            del engine.in_use[id(conn)]
             if close:
                 to_close = entry
-            elif driver.is_clean(conn, entry.state):
+            elif (
+                # Psycopg2Driver.is_clean(), inlined: this front door is psycopg2's alone.
+                not conn.closed
+                and conn.get_transaction_status() == _IDLE
+                and (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
+                == entry.state
+            ):
                 # The usual case, decided under one lock with no I/O.
                 if self.idle_timeout != 0 or len(engine.idle) < self.minconn:
                     now = engine.clock()
