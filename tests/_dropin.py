@@ -12,6 +12,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 import pytest
+from _clock import FakeClock as FakeClock  # re-exported for the test modules
 
 from psycopool import pool
 
@@ -19,19 +20,6 @@ POOL_CLASSES = [pool.SimpleConnectionPool, pool.ThreadedConnectionPool]
 
 #: Parametrize a test over both concrete classes (their behaviour must be the same).
 both_pools = pytest.mark.parametrize("pool_cls", POOL_CLASSES, ids=["Simple", "Threaded"])
-
-
-class FakeClock:
-    """A monotonic clock the test advances by hand: ``clock = staticmethod(FakeClock())``."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def with_clock(pool_cls: type[Any], clock: Callable[[], float]) -> type[Any]:

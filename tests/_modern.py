@@ -9,20 +9,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from _clock import FakeClock as FakeClock  # re-exported for the test modules
+
 from psycopool import ConnectionPool
-
-
-class FakeClock:
-    """A monotonic clock the test advances by hand: ``clock = staticmethod(FakeClock())``."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def clocked(clock: Callable[[], float]) -> type[ConnectionPool]:

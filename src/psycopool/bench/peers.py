@@ -191,63 +191,59 @@ class PsycopoolWithPeer(PsycopoolPeer):
     uses_context = True
 
 
-class PsycopoolDropInPeer(Peer):
+class _Psycopg2StylePeer(Peer):
+    """A psycopg2.pool-style ThreadedConnectionPool: keys, close=, raises "exhausted"."""
+
+    raises_when_exhausted = True
+
+    def _pool_class(self) -> Any:
+        raise NotImplementedError
+
+    def open(self, dsn: str, min_size: int, max_size: int) -> None:
+        self.pool = self._pool_class()(min_size, max_size, dsn)
+
+    def get(self) -> Any:
+        return self.pool.getconn()
+
+    def put(self, conn: Any, close: bool = False) -> None:
+        self.pool.putconn(conn, close=close)
+
+    def close(self) -> None:
+        if self.pool is not None and not self.pool.closed:
+            self.pool.closeall()
+
+    def is_exhausted(self, exc: BaseException) -> bool:
+        return "exhausted" in str(exc)
+
+
+class PsycopoolDropInPeer(_Psycopg2StylePeer):
     """psycopool.pool.ThreadedConnectionPool: the psycopg2.pool drop-in (raises when exhausted)."""
 
     key = "psycopool.pool"
     label = "psycopool.pool Threaded (drop-in)"
     modules = ("psycopg2",)
     distributions = ("psycopool",)
-    raises_when_exhausted = True
     is_psycopool = True
 
-    def open(self, dsn: str, min_size: int, max_size: int) -> None:
+    def _pool_class(self) -> Any:
         from psycopool.pool import ThreadedConnectionPool
 
-        self.pool = ThreadedConnectionPool(min_size, max_size, dsn)
-
-    def get(self) -> Any:
-        return self.pool.getconn()
-
-    def put(self, conn: Any, close: bool = False) -> None:
-        self.pool.putconn(conn, close=close)
-
-    def close(self) -> None:
-        if self.pool is not None and not self.pool.closed:
-            self.pool.closeall()
-
-    def is_exhausted(self, exc: BaseException) -> bool:
-        return "exhausted" in str(exc)
+        return ThreadedConnectionPool
 
 
 # -- psycopg2.pool -----------------------------------------------------------------------------
 
 
-class Psycopg2PoolPeer(Peer):
+class Psycopg2PoolPeer(_Psycopg2StylePeer):
     key = "psycopg2.pool"
     label = "psycopg2.pool Threaded"
     modules = ("psycopg2.pool",)
     distributions = ("psycopg2-binary", "psycopg2")
     install_hint = "pip install psycopg2-binary"
-    raises_when_exhausted = True
     compares_to_drop_in = True
 
-    def open(self, dsn: str, min_size: int, max_size: int) -> None:
-        pool: Any = importlib.import_module("psycopg2.pool")
-        self.pool = pool.ThreadedConnectionPool(min_size, max_size, dsn)
-
-    def get(self) -> Any:
-        return self.pool.getconn()
-
-    def put(self, conn: Any, close: bool = False) -> None:
-        self.pool.putconn(conn, close=close)
-
-    def close(self) -> None:
-        if self.pool is not None and not self.pool.closed:
-            self.pool.closeall()
-
-    def is_exhausted(self, exc: BaseException) -> bool:
-        return "exhausted" in str(exc)
+    def _pool_class(self) -> Any:
+        return importlib.import_module("psycopg2.pool").ThreadedConnectionPool
 
 
 # -- psycopg_pool (psycopg 3) ------------------------------------------------------------------
