@@ -44,8 +44,9 @@ class ConnectionPool:
     ``connect``. See ``docs/connection-pool.md`` for every parameter.
     """
 
-    #: The monotonic clock for ages and deadlines. Override it on a subclass
-    #: (``clock = staticmethod(fake)``) to test lifetimes without sleeping.
+    #: The monotonic clock for ages (max_idle, max_lifetime, leak_timeout). Override
+    #: it on a subclass (``clock = staticmethod(fake)``) to test them without sleeping;
+    #: waits and timeouts always use real time.
     clock = staticmethod(time.monotonic)
 
     def __init__(
@@ -70,7 +71,8 @@ class ConnectionPool:
         if not (isinstance(conninfo, str) or callable(conninfo)):
             raise TypeError(f"conninfo must be a string or a callable; got {type(conninfo)!r}")
         if not (kwargs is None or isinstance(kwargs, Mapping) or callable(kwargs)):
-            raise TypeError(f"kwargs must be a dict or a callable; got {kwargs!r}")
+            # The type only: a value passed here may hold a password.
+            raise TypeError(f"kwargs must be a dict or a callable; got {type(kwargs).__name__}")
         min_size, max_size = _check_sizes(min_size, max_size)
         self.timeout = _positive("timeout", timeout)
         self.max_waiting = as_count("max_waiting", max_waiting)
@@ -245,7 +247,13 @@ class ConnectionPool:
             waiter.event.set()
         engine.close(idle)
         deadline = time.monotonic() + timeout
-        while engine.in_use and time.monotonic() < deadline:
+        while True:
+            with engine.lock:
+                if engine.dropped:  # lent, then garbage-collected: not coming back
+                    engine.reclaim_dropped_locked()
+                lent = len(engine.in_use)
+            if not lent or time.monotonic() >= deadline:
+                break
             time.sleep(0.005)
         with engine.lock:
             leftovers = engine.close_all_locked()
@@ -531,21 +539,13 @@ class ConnectionPool:
         leaks: list[tuple[float, str | None]] = []
         to_close: list[PooledConnection] = []
         to_check: list[PooledConnection] = []
+        reclaimed = 0
         with engine.lock:
             if self._closed:
                 return
             if engine.dropped:
                 reclaimed = engine.reclaim_dropped_locked()
-                if reclaimed:
-                    counters["connections_dropped"] = (
-                        counters.get("connections_dropped", 0) + reclaimed
-                    )
-                    logger.warning(
-                        "pool %r: %d lent connections were garbage-collected without being"
-                        " returned; their slots are free again",
-                        self.name,
-                        reclaimed,
-                    )
+                counters["connections_dropped"] = counters.get("connections_dropped", 0) + reclaimed
             if self.leak_timeout is not None:
                 for entry in engine.in_use.values():
                     held = now - entry.borrowed_at
@@ -580,6 +580,13 @@ class ConnectionPool:
                 to_check = list(engine.idle)
                 engine.idle.clear()
                 engine.pending += len(to_check)
+        if reclaimed:
+            logger.warning(
+                "pool %r: %d lent connections were garbage-collected without being"
+                " returned; their slots are free again",
+                self.name,
+                reclaimed,
+            )
         for held, stack in leaks:
             logger.warning(
                 "pool %r: a connection has been lent for %.1f s (leak_timeout=%s);"
