@@ -71,8 +71,10 @@ class ConnectionPool:
         if not (isinstance(conninfo, str) or callable(conninfo)):
             raise TypeError(f"conninfo must be a string or a callable; got {type(conninfo)!r}")
         if not (kwargs is None or isinstance(kwargs, Mapping) or callable(kwargs)):
-            # The type only: a value passed here may hold a password.
-            raise TypeError(f"kwargs must be a dict or a callable; got {type(kwargs).__name__}")
+            # Masked: a conninfo string passed here by mistake holds the password.
+            raise TypeError(
+                f"kwargs must be a dict or a callable; got {hide_password(repr(kwargs))}"
+            )
         min_size, max_size = _check_sizes(min_size, max_size)
         self.timeout = _positive("timeout", timeout)
         self.max_waiting = as_count("max_waiting", max_waiting)
