@@ -191,6 +191,22 @@ class PsycopoolWithPeer(PsycopoolPeer):
     uses_context = True
 
 
+class PsycopoolPsycopgPeer(PsycopoolPeer):
+    """psycopool.ConnectionPool on psycopg 3: the same driver as psycopg_pool's rows."""
+
+    key = "psycopool-pg3"
+    label = "psycopool ConnectionPool (psycopg 3)"
+    modules = ("psycopg",)
+    driver = "psycopg"
+
+    def open(self, dsn: str, min_size: int, max_size: int) -> None:
+        import psycopool
+
+        cls: Any = getattr(psycopool, "ConnectionPool")  # noqa: B009 (may not exist: mypy)
+        self.pool = cls(dsn, min_size=min_size, max_size=max_size, driver="psycopg")
+        self.pool.wait(timeout=60.0)
+
+
 class _Psycopg2StylePeer(Peer):
     """A psycopg2.pool-style ThreadedConnectionPool: keys, close=, raises "exhausted"."""
 
@@ -553,6 +569,7 @@ class FloorConditionPeer(_FloorBase):
 PEERS: tuple[type[Peer], ...] = (
     PsycopoolPeer,
     PsycopoolWithPeer,
+    PsycopoolPsycopgPeer,
     PsycopoolDropInPeer,
     Psycopg2PoolPeer,
     PsycopgPoolPeer,
