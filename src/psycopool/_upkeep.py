@@ -123,6 +123,10 @@ class Upkeep:
     def request_connections(self) -> None:
         """Start connector threads if connections are wanted. Call without the lock."""
         engine = self._engine
+        if engine.size >= engine.max_size:
+            # Full: nothing to open (an unlocked look, so that a crowd of waiters on a
+            # full pool doesn't queue on the lock for nothing; the locked test decides).
+            return
         with engine.lock:
             limit = 1 if self._failures else MAX_CONNECTING
             start = min(self._wanted_locked(), limit - self._connecting)
