@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -44,6 +45,35 @@ def test_terminated_idle_backends_replaced_without_error(pg_server: Any, app_nam
         assert len(now) == 2 and not now & before
         assert pool.stats()["connections_lost"] == 2
         assert pg_server.wait_count(app_name, 2) == 2
+
+
+def test_connection_handed_to_a_waiter_is_checked(pg_server: Any, app_name: str, dsn: str):
+    # Ended by the server while lent, returned by a borrower who ran nothing after: it
+    # looks clean. The waiter it is handed to must get a working connection instead.
+    with ConnectionPool(dsn, min_size=1, max_size=1) as pool:
+        conn = pool.getconn(timeout=5)
+        old = pid_of(conn)
+        conn.rollback()
+        got: list[Any] = []
+        waiter = threading.Thread(target=lambda: got.append(pool.getconn(timeout=10)))
+        waiter.start()
+        assert wait_until(lambda: pool.stats()["requests_waiting"] == 1)
+        assert pg_server.terminate(app_name) == 1
+        assert wait_until(lambda: _readable(conn))
+        pool.putconn(conn)  # handed straight to the waiter
+        waiter.join(10)
+        assert got, "the waiter got no connection"
+        assert query(got[0], "SELECT 1") == 1
+        assert pid_of(got[0]) != old
+        assert pool.stats()["connections_lost"] == 1
+        pool.putconn(got[0])
+
+
+def _readable(conn: Any) -> bool:
+    """Has the server sent something (its goodbye) to this idle connection?"""
+    import select
+
+    return bool(select.select([conn.fileno()], [], [], 0)[0])
 
 
 def test_backend_terminated_while_lent_is_discarded_on_return(

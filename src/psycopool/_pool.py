@@ -20,7 +20,7 @@ from psycopool._args import as_count, as_seconds
 from psycopool._drivers import IDLE, INTRANS, Driver, get_driver, hide_password
 from psycopool._engine import Engine, PooledConnection, Waiter
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests, flavoured
-from psycopool._health import RECENTLY_USED, ping
+from psycopool._health import RECENTLY_USED, is_alive, ping
 from psycopool._reset import clean
 from psycopool._upkeep import Settings, Upkeep
 
@@ -346,8 +346,15 @@ class ConnectionPool:
                 if not deadline:
                     deadline = time.monotonic() + timeout
                 entry = self._wait(waiter, deadline, timeout)
-                # Handed over by a borrower that returned it clean, or newly opened.
-                return self._lend(entry)
+                # Handed over by a borrower that returned it clean, or newly opened. Its
+                # socket is still looked at: the server may have ended it while it was
+                # lent, unnoticed by a borrower who ran nothing after. Waiting already
+                # cost far more than this one system call.
+                conn = entry.conn
+                if is_alive(self._driver, conn, entry.fd, self._engine.watcher):
+                    return self._lend(entry)
+                self._drop(entry, conn, lost=True)
+                continue
             conn = entry.conn
             now = self.clock()
             if now < entry.expires_at:
