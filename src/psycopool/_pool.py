@@ -419,9 +419,7 @@ class ConnectionPool:
             if lost:
                 engine.connections_lost += 1
             else:
-                self._settings.counters["connections_recycled"] = (
-                    self._settings.counters.get("connections_recycled", 0) + 1
-                )
+                self._settings.counters["connections_recycled"] += 1
         engine.close_one(entry)
         self._upkeep.request_connections()
 
@@ -531,7 +529,7 @@ class ConnectionPool:
                 engine.retire_locked(entry)
             if not keep and expired and ok:
                 counters = self._settings.counters
-                counters["connections_recycled"] = counters.get("connections_recycled", 0) + 1
+                counters["connections_recycled"] += 1
         if not keep:
             engine.close_one(entry)
             if not self._closed:
@@ -554,14 +552,14 @@ class ConnectionPool:
                 return
             if engine.dropped:
                 reclaimed = engine.reclaim_dropped_locked()
-                counters["connections_dropped"] = counters.get("connections_dropped", 0) + reclaimed
+                counters["connections_dropped"] += reclaimed
             if self.leak_timeout is not None:
                 for entry in engine.in_use.values():
                     held = now - entry.borrowed_at
                     if not entry.leak_reported and held > self.leak_timeout:
                         entry.leak_reported = True
                         leaks.append((held, entry.stack))
-                counters["leaks_detected"] = counters.get("leaks_detected", 0) + len(leaks)
+                counters["leaks_detected"] += len(leaks)
             kept = [e for e in engine.idle if e.expires_at > now]
             recycled = len(engine.idle) - len(kept)
             if recycled:
@@ -570,14 +568,10 @@ class ConnectionPool:
                 engine.idle.extend(kept)
                 engine.retire_locked(*old)
                 to_close.extend(old)
-                counters["connections_recycled"] = (
-                    counters.get("connections_recycled", 0) + recycled
-                )
+                counters["connections_recycled"] += recycled
             if self.max_idle is not None:
                 expired = engine.pop_expired_idle_locked(self.max_idle, self.min_size, now)
-                counters["connections_idle_closed"] = counters.get(
-                    "connections_idle_closed", 0
-                ) + len(expired)
+                counters["connections_idle_closed"] += len(expired)
                 to_close.extend(expired)
             if self._shrinking:  # resize() lowered max_size
                 while engine.idle and engine.size - engine.closing > engine.max_size:
@@ -684,7 +678,7 @@ class ConnectionPool:
                 "leaks_detected",
                 "reconnects",
             ):
-                stats[key] = self._settings.counters.get(key, 0)
+                stats[key] = self._settings.counters[key]
         return stats
 
     # -- errors --------------------------------------------------------------

@@ -17,6 +17,7 @@ import logging
 import random
 import threading
 import weakref
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -46,7 +47,7 @@ class Settings:
     max_lifetime: float | None
     leak_timeout: float | None
     #: Counters the background threads update (read by stats()).
-    counters: dict[str, int] = field(default_factory=dict)
+    counters: Counter[str] = field(default_factory=Counter)
 
 
 class Upkeep:
@@ -172,7 +173,7 @@ class Upkeep:
                 recovered = self._failures
                 self._failures = 0
                 if recovered:
-                    counters["reconnects"] = counters.get("reconnects", 0) + 1
+                    counters["reconnects"] += 1
                 kept = not engine.closed
                 if kept:
                     engine.give_back_locked(entry, engine.clock())
