@@ -69,6 +69,38 @@ def test_connection_handed_to_a_waiter_is_checked(pg_server: Any, app_name: str,
         pool.putconn(got[0])
 
 
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_idle_connection_that_got_a_notify_is_kept(
+    pg_server: Any, app_name: str, dsn: str, driver: str
+):
+    # Input on an idle socket is not always a goodbye: a NOTIFY must not cost the connection.
+    with ConnectionPool(dsn, min_size=1, max_size=1, driver=driver) as pool:
+        with pool.connection(timeout=5) as conn:
+            conn.autocommit = True
+            conn.cursor().execute("LISTEN psycopool_test")
+            conn.autocommit = False
+            pid = pid_of(conn)
+        admin = pg_server.admin_connect()
+        try:
+            with admin.cursor() as cur:
+                cur.execute("NOTIFY psycopool_test, 'hello'")
+        finally:
+            admin.close()
+        fd = conn.fileno() if driver == "psycopg2" else conn.pgconn.socket
+        assert wait_until(lambda: _fd_readable(fd))
+        time.sleep(PAST_RECENT)
+        with pool.connection(timeout=5) as again:
+            assert again is conn
+            assert pid_of(again) == pid
+        assert pool.stats()["connections_lost"] == 0
+
+
+def _fd_readable(fd: int) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], 0)[0])
+
+
 def _readable(conn: Any) -> bool:
     """Has the server sent something (its goodbye) to this idle connection?"""
     import select

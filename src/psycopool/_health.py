@@ -2,8 +2,8 @@
 
 An idle connection's socket has nothing to read. If it is readable, the
 server sent something: a NOTIFY (consume it and keep the connection), or a
-termination notice followed by EOF (the driver raises or marks the
-connection closed: discard it). One ``epoll`` set watches all of a pool's
+FATAL termination notice followed by EOF (discard it: the notice alone is
+enough, as the EOF may still be on its way). One ``epoll`` set watches all of a pool's
 sockets, so the usual answer ("nothing anywhere") costs one system call.
 A silently dropped network is not seen here; ``check="ping"`` or TCP
 keepalives catch that.
@@ -88,8 +88,8 @@ def is_alive(driver: Driver, conn: Any, fd: int, watcher: SocketWatcher) -> bool
         return True
     try:
         for _ in range(_MAX_READS):
-            driver.consume_input(conn)
-            if driver.is_closed(conn):
+            ended = driver.consume_input(conn)
+            if ended or driver.is_closed(conn):
                 return False
             if not _fd_has_input(fd):
                 return True

@@ -47,10 +47,12 @@ class Driver(abc.ABC):
         """The connection's socket, for the liveness check."""
 
     @abc.abstractmethod
-    def consume_input(self, conn: Any) -> None:
+    def consume_input(self, conn: Any) -> bool:
         """Read what the server sent to an idle connection (notices, NOTIFY, EOF).
 
-        Raises the driver's error if the server ended the session.
+        Returns True if the server announced the end of the session (a FATAL
+        notice: its EOF may not have arrived yet); raises the driver's error
+        if the session is already gone.
         """
 
     @abc.abstractmethod

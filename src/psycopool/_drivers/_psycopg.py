@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +25,9 @@ class PsycopgDriver(Driver):
         self.connection_class: type[Any] = psycopg.Connection
 
     def connect(self, conninfo: str, kwargs: Mapping[str, Any]) -> Any:
-        return self.connection_class.connect(conninfo, **kwargs)
+        conn = self.connection_class.connect(conninfo, **kwargs)
+        conn.add_notice_handler(_fatal_notice_recorder(conn))
+        return conn
 
     def is_closed(self, conn: Any) -> bool:
         return bool(conn.closed) or conn.broken
@@ -32,10 +35,14 @@ class PsycopgDriver(Driver):
     def fileno(self, conn: Any) -> int:
         return int(conn.pgconn.socket)
 
-    def consume_input(self, conn: Any) -> None:
+    def consume_input(self, conn: Any) -> bool:
         # NOTIFY messages stay queued in libpq: psycopg hands them to the
-        # connection's handlers on its next operation.
-        conn.pgconn.consume_input()
+        # connection's handlers on its next operation. is_busy() makes libpq
+        # parse what was read, so a FATAL notice reaches the recorder below.
+        pgconn = conn.pgconn
+        pgconn.consume_input()
+        pgconn.is_busy()
+        return bool(getattr(conn, _ENDED, False))
 
     def transaction_status(self, conn: Any) -> int:
         return int(conn.pgconn.transaction_status)
@@ -85,3 +92,19 @@ class PsycopgDriver(Driver):
         finally:
             if not conn.closed:
                 conn.autocommit = autocommit
+
+
+_ENDED = "_psycopool_server_ended"
+
+
+def _fatal_notice_recorder(conn: Any) -> Any:
+    """A notice handler marking ``conn`` when the server announces the end of its session."""
+    ref = weakref.ref(conn)
+
+    def record(diag: Any) -> None:
+        if diag.severity_nonlocalized == "FATAL":
+            target = ref()
+            if target is not None:
+                setattr(target, _ENDED, True)
+
+    return record

@@ -35,8 +35,12 @@ class Psycopg2Driver(Driver):
     def fileno(self, conn: Any) -> int:
         return int(conn.fileno())
 
-    def consume_input(self, conn: Any) -> None:
+    def consume_input(self, conn: Any) -> bool:
+        notices = conn.notices
+        last = notices[-1] if notices else None
         conn.poll()
+        # psycopg2 files a FATAL message received while idle as a notice.
+        return bool(notices) and notices[-1] is not last and notices[-1].startswith("FATAL:")
 
     def transaction_status(self, conn: Any) -> int:
         return int(conn.get_transaction_status())
