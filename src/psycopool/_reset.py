@@ -39,6 +39,7 @@ def clean(
                 driver.commit(conn)  # what a reset function runs must take effect
             elif status != IDLE:
                 return False
+            driver.after_reset(conn)
     except Exception as exc:
         logger.warning("closing a returned connection that could not be reset: %s", exc)
         return False

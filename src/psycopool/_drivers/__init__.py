@@ -81,7 +81,15 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def execute_autocommit(self, conn: Any, sql: str) -> None:
-        """Run one statement outside any transaction (the connection is IDLE)."""
+        """Run one statement outside any transaction (the connection is IDLE), never prepared."""
+
+    def after_reset(self, conn: Any) -> None:
+        """After a reset function ran: make the driver forget what the server just forgot.
+
+        psycopg 3 remembers the statements it prepared; a reset that ran ``DISCARD ALL`` or
+        ``DEALLOCATE ALL`` dropped them server-side. psycopg2 prepares nothing: nothing to do.
+        """
+        return None
 
     def close(self, conn: Any) -> None:
         """Close the connection; never raises.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -88,13 +89,53 @@ class PsycopgDriver(Driver):
         autocommit = conn.autocommit
         conn.autocommit = True
         try:
-            conn.execute(sql)
+            # Never prepared: psycopg would prepare the pool's own statements after five
+            # runs (a prepared DISCARD ALL deallocates itself), and a transaction pooler
+            # can't keep prepared statements at all.
+            conn.execute(sql, prepare=False)
         finally:
             if not conn.closed:
                 conn.autocommit = autocommit
+        if _DROPS_PREPARED(sql):
+            # psycopg notices DISCARD ALL only the first time it sees the statement.
+            _forget_prepared(conn)
+
+    def after_reset(self, conn: Any) -> None:
+        names = _prepared_names(conn)
+        if not names:
+            return
+        autocommit = conn.autocommit
+        conn.autocommit = True  # the connection is IDLE: leave it so
+        try:
+            cur = conn.execute("SELECT name FROM pg_prepared_statements", prepare=False)
+            on_server = {row[0] for row in cur.fetchall()}
+        finally:
+            if not conn.closed:
+                conn.autocommit = autocommit
+        if not names <= on_server:
+            _forget_prepared(conn)
 
 
 _ENDED = "_psycopool_server_ended"
+_DROPS_PREPARED = re.compile(r"\s*(DISCARD\s+ALL|DEALLOCATE\s+(PREPARE\s+)?ALL)\b", re.I).match
+
+
+def _prepared_names(conn: Any) -> set[str]:
+    """The names of the statements psycopg believes it prepared on ``conn``."""
+    manager = getattr(conn, "_prepared", None)
+    names = getattr(manager, "_names", None) or {}
+    return {name.decode() if isinstance(name, bytes) else str(name) for name in names.values()}
+
+
+def _forget_prepared(conn: Any) -> None:
+    """Make psycopg forget every statement it prepared: the server already dropped them.
+
+    psycopg has no public call for this; its prepared-statement manager is private. If that
+    ever changes shape, fail loudly: the pool then closes the connection rather than lend it.
+    """
+    manager = conn._prepared
+    manager.clear()
+    manager._to_flush.clear()  # nothing to DEALLOCATE on the server: it is gone already
 
 
 def _fatal_notice_recorder(conn: Any) -> Any:
