@@ -62,15 +62,23 @@ class Psycopg2Driver(Driver):
 
     def restore_session(self, conn: Any, state: SessionState) -> None:
         autocommit, isolation_level, readonly, deferrable = state
-        if (conn.isolation_level, conn.readonly, conn.deferrable) != state[1:]:
-            # In autocommit mode psycopg2 sends these to the server as SET
-            # default_transaction_*; restoring them the same way undoes what a
-            # borrower may have set there, whatever mode it left the connection in.
+        # psycopg2 sends these attributes to the server (SET default_transaction_*) only
+        # in autocommit mode, and when it leaves autocommit mode it resets there those it
+        # set. So once out of autocommit mode the server holds nothing a borrower set,
+        # and the attributes are client-side only (applied at BEGIN): restoring them
+        # costs no round trip, e.g. after SQLAlchemy put its isolation level back.
+        if conn.autocommit:
+            conn.autocommit = False
+        conn.isolation_level = isolation_level
+        conn.readonly = readonly
+        conn.deferrable = deferrable
+        if autocommit:
             conn.autocommit = True
-            conn.isolation_level = isolation_level
-            conn.readonly = readonly
-            conn.deferrable = deferrable
-        conn.autocommit = autocommit
+            if (isolation_level, readonly, deferrable) != (None, None, None):
+                # In autocommit mode they are the session's defaults on the server.
+                conn.isolation_level = isolation_level
+                conn.readonly = readonly
+                conn.deferrable = deferrable
 
     def rollback(self, conn: Any) -> None:
         if conn.autocommit:
