@@ -22,10 +22,13 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopool._drivers import Driver, SessionState
 from psycopool._health import RECENTLY_USED, SocketWatcher, is_alive
+
+if TYPE_CHECKING:
+    import asyncio
 
 Clock = Callable[[], float]
 
@@ -69,7 +72,12 @@ class PooledConnection:
 
 
 class Waiter:
-    """A borrower queued for a connection: woken with one handed to it, in arrival order."""
+    """A borrower queued for a connection: woken with one handed to it, in arrival order.
+
+    The engine knows waiters only through :meth:`hand` and :meth:`wake`, so a
+    thread (this class, an Event) and an asyncio task (:class:`FutureWaiter`)
+    queue in the same FIFO and get connections through one code path.
+    """
 
     __slots__ = ("entry", "error", "event")
 
@@ -77,6 +85,43 @@ class Waiter:
         self.entry: PooledConnection | None = None
         self.error: BaseException | None = None
         self.event = threading.Event()
+
+    def hand(self, entry: PooledConnection) -> bool:
+        """Give ``entry`` to this waiter; False if it has stopped waiting. Lock held."""
+        self.entry = entry
+        self.event.set()
+        return True
+
+    def wake(self) -> None:
+        """Wake the waiter with no connection (the pool closed). Lock held."""
+        self.event.set()
+
+
+class FutureWaiter(Waiter):
+    """An asyncio task queued for a connection: its future gets the entry.
+
+    Only the event loop's thread may touch the future, which holds as the async
+    pool does all its work on its loop. A waiter whose future is already done
+    (its task was cancelled, or it timed out) is skipped by the handoff.
+    """
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[PooledConnection | None]) -> None:
+        self.entry = None
+        self.error = None
+        self.future = future
+
+    def hand(self, entry: PooledConnection) -> bool:
+        if self.future.done():
+            return False
+        self.entry = entry
+        self.future.set_result(entry)
+        return True
+
+    def wake(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
 
 
 class Engine:
@@ -135,33 +180,48 @@ class Engine:
         On failure the reservation is given back and the error raised. On
         success the new connection is returned still counted as pending: the
         caller decides where it goes (``lend_new_locked``, ``give_back_locked``, or
-        ``retire_locked`` then ``close``).
+        ``retire_locked`` then ``close``). The three steps (reserve, connect,
+        register or fail) are separate so that the async pool can await its
+        connect between them: see :meth:`register` and :meth:`connect_failed`.
         """
         start = self.clock()
         try:
             conn = self._connect()
-            try:
-                entry = PooledConnection(
-                    conn,
-                    self.driver.fileno(conn),
-                    self.driver.session_state(conn),
-                    self.clock(),
-                )
-                self.watcher.add(entry.fd)
-                if self.track_dropped:
-                    entry.ref = weakref.ref(conn, partial(_on_dropped, self.dropped, entry))
-            except BaseException:
-                self.driver.close(conn)
-                raise
         except BaseException:
-            with self.lock:
-                self.pending -= 1
-                self.connections_errors += 1
+            self.connect_failed()
+            raise
+        return self.register(conn, start)
+
+    def register(self, conn: Any, start: float) -> PooledConnection:
+        """Record a connection just opened for a reserved slot (started at ``start``).
+
+        No lock held. Returns its entry, still counted as pending. If it can't be
+        recorded, it is closed, the reservation given back and the error raised.
+        """
+        try:
+            entry = PooledConnection(
+                conn,
+                self.driver.fileno(conn),
+                self.driver.session_state(conn),
+                self.clock(),
+            )
+            self.watcher.add(entry.fd)
+            if self.track_dropped:
+                entry.ref = weakref.ref(conn, partial(_on_dropped, self.dropped, entry))
+        except BaseException:
+            self.driver.close(conn)
+            self.connect_failed()
             raise
         with self.lock:
             self.connections_num += 1
             self.connections_ms += int((entry.created_at - start) * 1000)
         return entry
+
+    def connect_failed(self) -> None:
+        """A connection attempt for a reserved slot failed: give the slot back. No lock held."""
+        with self.lock:
+            self.pending -= 1
+            self.connections_errors += 1
 
     def lend_new_locked(self, entry: PooledConnection) -> None:
         """A new connection goes to the borrower that opened it. Lock held.
@@ -190,17 +250,16 @@ class Engine:
 
         The caller has already removed it from ``in_use`` or ``pending``.
         """
-        if self.waiters:
-            # A waiter in the queue is still waiting: one that times out removes
-            # itself under the lock, so the handoff can't be lost.
-            waiter = self.waiters.popleft()
-            self.in_use[id(entry.conn)] = entry
-            entry.borrowed_at = now
-            waiter.entry = entry
-            waiter.event.set()
-        else:
-            entry.idle_since = now
-            self.idle.append(entry)
+        waiters = self.waiters
+        while waiters:
+            # A thread waiter that times out removes itself under the lock, so the
+            # handoff can't be lost; a task that stopped waiting is skipped.
+            if waiters.popleft().hand(entry):
+                self.in_use[id(entry.conn)] = entry
+                entry.borrowed_at = now
+                return
+        entry.idle_since = now
+        self.idle.append(entry)
 
     def retire_locked(self, *entries: PooledConnection) -> None:
         """Count connections taken off idle, in use or pending as closing. Lock held.
@@ -288,7 +347,7 @@ class Engine:
         self.in_use.clear()
         self.retire_locked(*entries)
         while self.waiters:
-            self.waiters.popleft().event.set()
+            self.waiters.popleft().wake()
         return entries
 
     # -- fork ----------------------------------------------------------------
