@@ -14,7 +14,7 @@ from __future__ import annotations
 import select
 from typing import Any
 
-from psycopool._drivers import Driver
+from psycopool._drivers import AsyncDriver, Driver
 
 #: A connection returned less than this many seconds ago (100 µs) is handed out
 #: again without looking at its socket: a tight borrow/return loop skips one
@@ -105,6 +105,15 @@ def ping(driver: Driver, conn: Any) -> bool:
     """
     try:
         driver.execute_autocommit(conn, "SELECT 1")
+    except Exception:
+        return False
+    return True
+
+
+async def aping(driver: AsyncDriver, conn: Any) -> bool:
+    """:func:`ping` for an async connection. A cancellation is not caught."""
+    try:
+        await driver.aexecute_autocommit(conn, "SELECT 1")
     except Exception:
         return False
     return True

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from psycopool._drivers import IDLE, INTRANS, UNKNOWN, Driver, SessionState
+from psycopool._drivers import IDLE, INTRANS, UNKNOWN, AsyncDriver, Driver, SessionState
 
 logger = logging.getLogger("psycopool")
 
@@ -40,6 +41,42 @@ def clean(
             elif status != IDLE:
                 return False
             driver.after_reset(conn)
+    except Exception as exc:
+        logger.warning("closing a returned connection that could not be reset: %s", exc)
+        return False
+    return not driver.is_closed(conn) and driver.transaction_status(conn) == IDLE
+
+
+async def aclean(
+    driver: AsyncDriver,
+    conn: Any,
+    state: SessionState,
+    extra: Callable[[Any], object] | None = None,
+) -> bool:
+    """:func:`clean` for an async connection; ``extra`` may be a coroutine function.
+
+    Same rules and result. A cancellation is not caught: the caller must then
+    close the connection, whose state is unknown.
+    """
+    if driver.is_closed(conn):
+        return False
+    try:
+        status = driver.transaction_status(conn)
+        if status == UNKNOWN:
+            return False
+        if status != IDLE:
+            await driver.arollback(conn)
+        if driver.session_state(conn) != state:
+            await driver.arestore_session(conn, state)
+        if extra is not None:
+            result = extra(conn)
+            if inspect.isawaitable(result):
+                await result
+            status = driver.transaction_status(conn)
+            if status == INTRANS:
+                await driver.acommit(conn)
+            elif status != IDLE:
+                return False
     except Exception as exc:
         logger.warning("closing a returned connection that could not be reset: %s", exc)
         return False

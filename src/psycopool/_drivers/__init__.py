@@ -104,6 +104,52 @@ class Driver(abc.ABC):
             pass
 
 
+class AsyncDriver(Driver):
+    """A driver whose connections do their I/O with ``await`` (psycopg 3's ``AsyncConnection``).
+
+    It inherits the inspection methods, which need no I/O, and :meth:`close`,
+    which must not block (libpq's ``PQfinish`` sends one message and closes
+    the socket: what the async driver's own ``close()`` does too). The
+    statements run through the ``a``-prefixed methods instead.
+    """
+
+    @abc.abstractmethod
+    async def aconnect(self, conninfo: str, kwargs: Mapping[str, Any]) -> Any:
+        """Open a new connection."""
+
+    @abc.abstractmethod
+    async def arestore_session(self, conn: Any, state: SessionState) -> None:
+        """Put the session attributes back to ``state``; the connection is IDLE."""
+
+    @abc.abstractmethod
+    async def arollback(self, conn: Any) -> None:
+        """End any transaction, including an explicit BEGIN in autocommit mode."""
+
+    @abc.abstractmethod
+    async def acommit(self, conn: Any) -> None:
+        """Commit any transaction, including an explicit BEGIN in autocommit mode."""
+
+    @abc.abstractmethod
+    async def aexecute_autocommit(self, conn: Any, sql: str) -> None:
+        """Run one statement outside any transaction (the connection is IDLE)."""
+
+    # The blocking versions make no sense here: calling one is a bug.
+    def connect(self, conninfo: str, kwargs: Mapping[str, Any]) -> Any:
+        raise TypeError(f"{self.name} async driver: use aconnect()")
+
+    def restore_session(self, conn: Any, state: SessionState) -> None:
+        raise TypeError(f"{self.name} async driver: use arestore_session()")
+
+    def rollback(self, conn: Any) -> None:
+        raise TypeError(f"{self.name} async driver: use arollback()")
+
+    def commit(self, conn: Any) -> None:
+        raise TypeError(f"{self.name} async driver: use acommit()")
+
+    def execute_autocommit(self, conn: Any, sql: str) -> None:
+        raise TypeError(f"{self.name} async driver: use aexecute_autocommit()")
+
+
 _DRIVER_NAMES = ("psycopg2", "psycopg")
 
 
@@ -132,6 +178,23 @@ def get_driver(driver: Any) -> Driver:
     raise ValueError(
         f"driver must be one of {', '.join(map(repr, _DRIVER_NAMES))} or a connection class"
         f" of one of them; got {driver!r}"
+    )
+
+
+def get_async_driver(driver: Any) -> AsyncDriver:
+    """The async driver: "psycopg", or a subclass of ``psycopg.AsyncConnection`` to connect with."""
+    if driver == "psycopg" or isinstance(driver, type):
+        from psycopool._drivers._psycopg_async import AsyncPsycopgDriver
+
+        found = AsyncPsycopgDriver()
+        if driver == "psycopg":
+            return found
+        if issubclass(driver, found.connection_class):
+            found.connection_class = driver
+            return found
+    raise ValueError(
+        "connection_class must be psycopg.AsyncConnection or a subclass of it; driver must be"
+        f" 'psycopg'; got {driver!r}"
     )
 
 

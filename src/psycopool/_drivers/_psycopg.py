@@ -17,18 +17,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 
-class PsycopgDriver(Driver):
+class PsycopgInspector(Driver):
+    """What needs no I/O, shared by psycopg 3's sync and async connections."""
+
     name = "psycopg"
     Error = psycopg.Error
     OperationalError = psycopg.OperationalError
-
-    def __init__(self) -> None:
-        self.connection_class: type[Any] = psycopg.Connection
-
-    def connect(self, conninfo: str, kwargs: Mapping[str, Any]) -> Any:
-        conn = self.connection_class.connect(conninfo, **kwargs)
-        conn.add_notice_handler(_fatal_notice_recorder(conn))
-        return conn
 
     def is_closed(self, conn: Any) -> bool:
         return bool(conn.closed) or conn.broken
@@ -62,6 +56,18 @@ class PsycopgDriver(Driver):
             )
             == state
         )
+
+
+class PsycopgDriver(PsycopgInspector):
+    """psycopg 3's (sync) ``Connection``."""
+
+    def __init__(self) -> None:
+        self.connection_class: type[Any] = psycopg.Connection
+
+    def connect(self, conninfo: str, kwargs: Mapping[str, Any]) -> Any:
+        conn = self.connection_class.connect(conninfo, **kwargs)
+        watch_fatal_notices(conn)
+        return conn
 
     def restore_session(self, conn: Any, state: SessionState) -> None:
         # psycopg 3 keeps these client-side and applies them at BEGIN.
@@ -138,8 +144,8 @@ def _forget_prepared(conn: Any) -> None:
     manager._to_flush.clear()  # nothing to DEALLOCATE on the server: it is gone already
 
 
-def _fatal_notice_recorder(conn: Any) -> Any:
-    """A notice handler marking ``conn`` when the server announces the end of its session."""
+def watch_fatal_notices(conn: Any) -> None:
+    """Mark ``conn`` when the server announces the end of its session (a FATAL notice)."""
     ref = weakref.ref(conn)
 
     def record(diag: Any) -> None:
@@ -148,4 +154,4 @@ def _fatal_notice_recorder(conn: Any) -> Any:
             if target is not None:
                 setattr(target, _ENDED, True)
 
-    return record
+    conn.add_notice_handler(record)

@@ -1,0 +1,76 @@
+"""psycopg 3's ``AsyncConnection`` behind the :class:`~psycopool._drivers.AsyncDriver` interface.
+
+The inspection methods (no I/O) are shared with the sync psycopg driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import psycopg
+
+from psycopool._drivers import IDLE, AsyncDriver, SessionState
+from psycopool._drivers._psycopg import PsycopgInspector, watch_fatal_notices
+
+
+class AsyncPsycopgDriver(PsycopgInspector, AsyncDriver):
+    """psycopg 3's ``AsyncConnection``."""
+
+    def __init__(self) -> None:
+        self.connection_class: type[Any] = psycopg.AsyncConnection
+
+    async def aconnect(self, conninfo: str, kwargs: Mapping[str, Any]) -> Any:
+        conn = await self.connection_class.connect(conninfo, **kwargs)
+        watch_fatal_notices(conn)
+        return conn
+
+    def close(self, conn: Any) -> None:
+        # AsyncConnection.close() awaits nothing: it marks the connection closed
+        # and calls libpq's PQfinish. Run it to its end here, without a loop; a
+        # subclass whose close() does suspend is abandoned and finished by libpq.
+        try:
+            coro = conn.close()
+            try:
+                coro.send(None)
+            except StopIteration:
+                return
+            coro.close()
+            conn.pgconn.finish()
+        except Exception:  # a broken connection may fail to close: it is gone anyway
+            pass
+
+    async def arestore_session(self, conn: Any, state: SessionState) -> None:
+        autocommit, isolation_level, read_only, deferrable = state
+        if conn.autocommit != autocommit:
+            await conn.set_autocommit(autocommit)
+        if conn.isolation_level != isolation_level:
+            await conn.set_isolation_level(isolation_level)
+        if conn.read_only != read_only:
+            await conn.set_read_only(read_only)
+        if conn.deferrable != deferrable:
+            await conn.set_deferrable(deferrable)
+
+    async def arollback(self, conn: Any) -> None:
+        if conn.pgconn.transaction_status != IDLE:
+            if conn.autocommit:
+                await conn.execute("ROLLBACK")
+            else:
+                await conn.rollback()
+
+    async def acommit(self, conn: Any) -> None:
+        if conn.pgconn.transaction_status != IDLE:
+            if conn.autocommit:
+                await conn.execute("COMMIT")
+            else:
+                await conn.commit()
+
+    async def aexecute_autocommit(self, conn: Any, sql: str) -> None:
+        autocommit = conn.autocommit
+        if not autocommit:
+            await conn.set_autocommit(True)
+        try:
+            await conn.execute(sql)
+        finally:
+            if not conn.closed and not autocommit:
+                await conn.set_autocommit(False)
