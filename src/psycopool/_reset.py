@@ -77,6 +77,7 @@ async def aclean(
                 await driver.acommit(conn)
             elif status != IDLE:
                 return False
+            await driver.aafter_reset(conn)
     except Exception as exc:
         logger.warning("closing a returned connection that could not be reset: %s", exc)
         return False

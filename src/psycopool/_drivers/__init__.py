@@ -131,7 +131,11 @@ class AsyncDriver(Driver):
 
     @abc.abstractmethod
     async def aexecute_autocommit(self, conn: Any, sql: str) -> None:
-        """Run one statement outside any transaction (the connection is IDLE)."""
+        """Run one statement outside any transaction (the connection is IDLE), never prepared."""
+
+    async def aafter_reset(self, conn: Any) -> None:
+        """:meth:`Driver.after_reset`, for an async connection."""
+        return None
 
     # The blocking versions make no sense here: calling one is a bug.
     def connect(self, conninfo: str, kwargs: Mapping[str, Any]) -> Any:

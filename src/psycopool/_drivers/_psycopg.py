@@ -102,12 +102,12 @@ class PsycopgDriver(PsycopgInspector):
         finally:
             if not conn.closed:
                 conn.autocommit = autocommit
-        if _DROPS_PREPARED(sql):
+        if DROPS_PREPARED(sql):
             # psycopg notices DISCARD ALL only the first time it sees the statement.
-            _forget_prepared(conn)
+            forget_prepared(conn)
 
     def after_reset(self, conn: Any) -> None:
-        names = _prepared_names(conn)
+        names = prepared_names(conn)
         if not names:
             return
         autocommit = conn.autocommit
@@ -119,21 +119,21 @@ class PsycopgDriver(PsycopgInspector):
             if not conn.closed:
                 conn.autocommit = autocommit
         if not names <= on_server:
-            _forget_prepared(conn)
+            forget_prepared(conn)
 
 
 _ENDED = "_psycopool_server_ended"
-_DROPS_PREPARED = re.compile(r"\s*(DISCARD\s+ALL|DEALLOCATE\s+(PREPARE\s+)?ALL)\b", re.I).match
+DROPS_PREPARED = re.compile(r"\s*(DISCARD\s+ALL|DEALLOCATE\s+(PREPARE\s+)?ALL)\b", re.I).match
 
 
-def _prepared_names(conn: Any) -> set[str]:
+def prepared_names(conn: Any) -> set[str]:
     """The names of the statements psycopg believes it prepared on ``conn``."""
     manager = getattr(conn, "_prepared", None)
     names = getattr(manager, "_names", None) or {}
     return {name.decode() if isinstance(name, bytes) else str(name) for name in names.values()}
 
 
-def _forget_prepared(conn: Any) -> None:
+def forget_prepared(conn: Any) -> None:
     """Make psycopg forget every statement it prepared: the server already dropped them.
 
     psycopg has no public call for this; its prepared-statement manager is private. If that

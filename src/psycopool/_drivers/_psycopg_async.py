@@ -11,7 +11,13 @@ from typing import Any
 import psycopg
 
 from psycopool._drivers import IDLE, AsyncDriver, SessionState
-from psycopool._drivers._psycopg import PsycopgInspector, watch_fatal_notices
+from psycopool._drivers._psycopg import (
+    DROPS_PREPARED,
+    PsycopgInspector,
+    forget_prepared,
+    prepared_names,
+    watch_fatal_notices,
+)
 
 
 class AsyncPsycopgDriver(PsycopgInspector, AsyncDriver):
@@ -70,7 +76,26 @@ class AsyncPsycopgDriver(PsycopgInspector, AsyncDriver):
         if not autocommit:
             await conn.set_autocommit(True)
         try:
-            await conn.execute(sql)
+            # Never prepared, as in the sync driver (see there).
+            await conn.execute(sql, prepare=False)
         finally:
             if not conn.closed and not autocommit:
                 await conn.set_autocommit(False)
+        if DROPS_PREPARED(sql):
+            forget_prepared(conn)
+
+    async def aafter_reset(self, conn: Any) -> None:
+        names = prepared_names(conn)
+        if not names:
+            return
+        autocommit = conn.autocommit
+        if not autocommit:
+            await conn.set_autocommit(True)
+        try:
+            cur = await conn.execute("SELECT name FROM pg_prepared_statements", prepare=False)
+            on_server = {row[0] for row in await cur.fetchall()}
+        finally:
+            if not conn.closed and not autocommit:
+                await conn.set_autocommit(False)
+        if not names <= on_server:
+            forget_prepared(conn)
