@@ -21,9 +21,9 @@ from typing import Any
 
 import psycopg2
 
-from psycopool._args import as_count, as_seconds
+from psycopool._args import as_int_like, as_seconds, show
 from psycopool._drivers import IDLE as _IDLE
-from psycopool._drivers import hide_password
+from psycopool._drivers import hide_password, masked_error
 from psycopool._drivers._psycopg2 import Psycopg2Driver
 from psycopool._engine import Engine, PooledConnection
 from psycopool._errors import PoolError as _PoolErrorBase
@@ -73,11 +73,13 @@ class AbstractConnectionPool:
         idle_timeout: float | None = 0,
         **kwargs: Any,
     ) -> None:
-        self.minconn = as_count("minconn", minconn)
-        self.maxconn = as_count("maxconn", maxconn)
+        self.minconn = as_int_like("minconn", minconn)
+        # No ceiling on maxconn: psycopg2 users write maxconn=sys.maxsize for "unbounded".
+        self.maxconn = as_int_like("maxconn", maxconn, maximum=None)
         if self.minconn > self.maxconn:
             raise ValueError(
-                f"minconn must not exceed maxconn; got minconn={minconn!r}, maxconn={maxconn!r}"
+                "minconn must not exceed maxconn;"
+                f" got minconn={show(minconn)}, maxconn={show(maxconn)}"
             )
         self.idle_timeout = as_seconds("idle_timeout", idle_timeout)
         self.closed = False
@@ -111,7 +113,14 @@ class AbstractConnectionPool:
         )
 
     def _connect_new(self) -> Any:
-        return psycopg2.connect(*self._args, **self._kwargs)
+        args, kwargs = self._args, self._kwargs
+        try:
+            return psycopg2.connect(*args, **kwargs)
+        except psycopg2.Error as exc:
+            masked = masked_error(exc, args[0] if args else kwargs.get("dsn"), kwargs)
+            if masked is exc:
+                raise
+        raise masked from None  # outside the handler: the original isn't chained
 
     def _getkey(self) -> int:
         """The next generated key, skipping integer keys a caller has checked out."""

@@ -7,7 +7,7 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from psycopool._drivers import IDLE, Driver, SessionState
+from psycopool._drivers import IDLE, Driver, SessionState, masked_error
 
 try:
     import psycopg
@@ -65,7 +65,15 @@ class PsycopgDriver(PsycopgInspector):
         self.connection_class: type[Any] = psycopg.Connection
 
     def connect(self, conninfo: str, kwargs: Mapping[str, Any]) -> Any:
-        conn = self.connection_class.connect(conninfo, **kwargs)
+        try:
+            conn = self.connection_class.connect(conninfo, **kwargs)
+        except psycopg.Error as exc:
+            masked = masked_error(exc, conninfo, kwargs)
+            if masked is exc:
+                raise
+            conn = None
+        if conn is None:
+            raise masked from None  # outside the handler: the original isn't chained
         watch_fatal_notices(conn)
         return conn
 

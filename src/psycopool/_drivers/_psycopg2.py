@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from psycopool._drivers import IDLE, Driver, SessionState
+from psycopool._drivers import IDLE, Driver, SessionState, masked_error
 
 try:
     import psycopg2
@@ -27,7 +27,13 @@ class Psycopg2Driver(Driver):
     def connect(self, conninfo: str, kwargs: Mapping[str, Any]) -> Any:
         if self.connection_class is not psycopg2.extensions.connection:
             kwargs = {"connection_factory": self.connection_class, **kwargs}
-        return psycopg2.connect(conninfo, **kwargs)
+        try:
+            return psycopg2.connect(conninfo, **kwargs)
+        except psycopg2.Error as exc:
+            masked = masked_error(exc, conninfo, kwargs)
+            if masked is exc:
+                raise
+        raise masked from None  # outside the handler: the original isn't chained
 
     def is_closed(self, conn: Any) -> bool:
         return bool(conn.closed)

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from psycopool._drivers import IDLE, AsyncDriver, SessionState
+from psycopool._drivers import IDLE, AsyncDriver, SessionState, masked_error
 from psycopool._drivers._psycopg import (
     DROPS_PREPARED,
     PsycopgInspector,
@@ -27,7 +27,15 @@ class AsyncPsycopgDriver(PsycopgInspector, AsyncDriver):
         self.connection_class: type[Any] = psycopg.AsyncConnection
 
     async def aconnect(self, conninfo: str, kwargs: Mapping[str, Any]) -> Any:
-        conn = await self.connection_class.connect(conninfo, **kwargs)
+        try:
+            conn = await self.connection_class.connect(conninfo, **kwargs)
+        except psycopg.Error as exc:
+            masked = masked_error(exc, conninfo, kwargs)
+            if masked is exc:
+                raise
+            conn = None
+        if conn is None:
+            raise masked from None  # outside the handler: the original isn't chained
         watch_fatal_notices(conn)
         return conn
 
