@@ -1,0 +1,222 @@
+"""The judge's verdict on each psycopg_pool test that passes on psycopg_pool but not on psycopool.
+
+Categories:
+
+- ``bug``: psycopool does something wrong that the test rightly catches;
+- ``missing``: a psycopg_pool feature psycopool lacks (a parameter, method, class, statistic);
+- ``naming``: the same behaviour under another name or wording (a message, a log record);
+- ``deliberate``: a documented, deliberate difference (psycopool is stricter or safer on purpose);
+- ``private``: the test reaches into psycopg_pool's private internals (``p._pool``,
+  ``psycopg_pool.base``, ...); it could only pass on psycopg_pool's own code;
+- ``environment``: the test could not run here (e.g. the network proxy failed to start);
+- ``unclassified``: no verdict yet (read the failure).
+
+Verdicts are keyed by test id without the folder (``test_pool.py::test_name[param]``); a key
+without ``[...]`` covers every parameter of that test. A failure whose message shows that the
+class under test does not exist in psycopool yet is ``missing`` whatever its key says, and a few
+message patterns classify what has no explicit verdict.
+"""
+
+from __future__ import annotations
+
+import re
+
+CATEGORIES = ("bug", "missing", "naming", "deliberate", "private", "environment", "unclassified")
+
+_CHECK_CONNECTION = ("missing", "`ConnectionPool.check_connection` static method")
+_NUM_WORKERS = ("missing", "`num_workers=` parameter")
+_GET_STATS = ("missing", "`get_stats()` / `pop_stats()`")
+_RECONNECT_TIMEOUT = ("missing", "`reconnect_timeout=` / `reconnect_failed=`")
+_CLOSE_RETURNS = ("missing", "`close_returns=True`")
+_P_POOL = ("private", "reads `p._pool` (psycopg_pool's idle deque)")
+_SCHED = ("private", "reads `p._sched_runner` (psycopg_pool's scheduler thread)")
+_WAITING = ("private", "helper `ensure_waiting()` reads `p._waiting` (psycopg_pool's queue)")
+_BACKOFF = ("private", "patches `psycopg_pool.base.AttemptWithBackoff`")
+_CLOSE_IN_BLOCK = (
+    "bug",
+    "issue 8 bug 1: `conn.close()` inside `with pool.connection()` raises at block exit"
+    " (`OperationalError: the connection is closed`); expected: block ends cleanly, pool"
+    " replaces the connection",
+)
+_CHECK_SKIPPED = (
+    "bug",
+    "issue 8 bug 2: the `check` callable is not run on the first borrow after open / on a"
+    " connection handed to a waiter, so a failing check lends the connection instead of"
+    " `PoolTimeout`",
+)
+
+VERDICTS: dict[str, tuple[str, str]] = {
+    # ---- test_pool.py (ConnectionPool) ---------------------------------------------------
+    "test_pool.py::test_generic_connection_type": (
+        "missing",
+        "`connection_class=MyConnection[MyRow]` (a parametrised generic alias) is refused by"
+        " `driver=`: needs `connection_class=` accepting generic aliases",
+    ),
+    "test_pool.py::test_non_generic_connection_type": (
+        "missing",
+        "`ConnectionPool[MyConnection]`: psycopool's pool is not `Generic[CT]`",
+    ),
+    "test_pool.py::test_concurrent_filling": ("private", "patches `ConnectionPool._add_to_pool`"),
+    "test_pool.py::test_wait_ready": _NUM_WORKERS,
+    "test_pool.py::test_open_wait": _NUM_WORKERS,
+    "test_pool.py::test_open_as_wait": _NUM_WORKERS,
+    "test_pool.py::test_configure": _CLOSE_IN_BLOCK,
+    "test_pool.py::test_reset_badstate": (
+        "deliberate",
+        "a `reset` callable that leaves a transaction open: psycopool commits it (documented:"
+        " what reset runs is committed); psycopg_pool discards the connection and warns",
+    ),
+    "test_pool.py::test_intrans_rollback": (
+        "naming",
+        "rollback on return works; psycopool logs no WARNING when a connection comes back"
+        " INTRANS (psycopg_pool logs 'rolling back returned connection ... INTRANS')",
+    ),
+    "test_pool.py::test_inerror_rollback": (
+        "naming",
+        "rollback on return works; no WARNING record for a connection returned INERROR",
+    ),
+    "test_pool.py::test_active_close": (
+        "naming",
+        "the connection is discarded as expected; psycopool logs one WARNING ('could not be"
+        " reset'), psycopg_pool two ('ACTIVE', then 'BAD')",
+    ),
+    "test_pool.py::test_fail_rollback_close": (
+        "naming",
+        "the connection is discarded as expected; psycopool logs one WARNING, psycopg_pool"
+        " three ('INERROR', the OperationalError, 'BAD')",
+    ),
+    "test_pool.py::test_del_no_warning": (
+        "missing",
+        "an abandoned (garbage-collected, never closed) pool lets psycopg warn once per"
+        " connection ('deleted while still open'); psycopg_pool emits nothing. Issue 8 plans one"
+        " ResourceWarning naming the pool, which would still fail this test (then: deliberate)",
+    ),
+    "test_pool.py::test_grow": (
+        "deliberate",
+        "timings pin psycopg_pool's one-connection-at-a-time growth; psycopool opens up to 4"
+        " connections at once, so waiters are served sooner than the test expects",
+    ),
+    "test_pool.py::test_shrink": ("private", "imports `psycopg_pool.pool.ShrinkPool`"),
+    "test_pool.py::test_reconnect": _BACKOFF,
+    "test_pool.py::test_check_backoff": _BACKOFF,
+    "test_pool.py::test_reconnect_after_grow_failed": _RECONNECT_TIMEOUT,
+    "test_pool.py::test_get_config_raise_exception": _RECONNECT_TIMEOUT,
+    "test_pool.py::test_reconnect_failure": _RECONNECT_TIMEOUT,
+    "test_pool.py::test_uniform_use": (
+        "deliberate",
+        "psycopool's idle connections are a LIFO stack (the most recently used connection"
+        " goes out first, so surplus ones age out); the test expects FIFO round-robin use",
+    ),
+    "test_pool.py::test_resize": _P_POOL,
+    "test_pool.py::test_max_lifetime": (
+        "deliberate",
+        "psycopool never lends a connection past `max_lifetime`; psycopg_pool checks the age"
+        " only on return, so the test expects one borrow of an expired connection",
+    ),
+    "test_pool.py::test_check": _P_POOL,
+    "test_pool.py::test_connect_no_check": (
+        "deliberate",
+        "psycopool's default liveness check replaces a connection the server terminated;"
+        " the test expects psycopg_pool (no check by default) to lend it and fail",
+    ),
+    "test_pool.py::test_connect_check": _CHECK_CONNECTION,
+    "test_pool.py::test_getconn_check": _CHECK_CONNECTION,
+    "test_pool.py::test_stats_check": _CHECK_CONNECTION,
+    "test_pool.py::test_spike": _P_POOL,
+    "test_pool.py::test_check_returns_an_ok_connection": (
+        "bug",
+        _CHECK_SKIPPED[1] + "; after that the test also reads `p._pool` (private)",
+    ),
+    "test_pool.py::test_override_close": _P_POOL,
+    "test_pool.py::test_override_close_no_loop_subclass": _P_POOL,
+    "test_pool.py::test_close_returns": _CLOSE_RETURNS,
+    "test_pool.py::test_close_returns_custom_class": _CLOSE_RETURNS,
+    "test_pool.py::test_close_returns_no_loop": _CLOSE_RETURNS,
+    "test_pool.py::test_stats_connect": (
+        "missing",
+        "`get_stats()`; and `connections_num` counts successes, psycopg_pool counts attempts"
+        " (issue 8 bug 3)",
+    ),
+    "test_pool.py::test_refill_on_check": ("unclassified", "needs the proxy"),
+    "test_pool.py::test_connect_check_timeout": ("unclassified", "needs the proxy"),
+    # ---- test_pool_common.py, ConnectionPool parameter -----------------------------------
+    "test_pool_common.py::test_defaults[ConnectionPool]": (
+        "missing",
+        "`p.num_workers` attribute (num_workers=)",
+    ),
+    "test_pool_common.py::test_create_warning[ConnectionPool]": (
+        "deliberate",
+        "psycopg_pool warns (DeprecationWarning) when `open` is not given because its default"
+        " will change; psycopool's `open=True` default is stable and documented",
+    ),
+    "test_pool_common.py::test_setup_no_timeout[ConnectionPool]": _NUM_WORKERS,
+    "test_pool_common.py::test_configure_badstate[ConnectionPool]": (
+        "deliberate",
+        "`configure` that leaves a transaction open: psycopool commits it (documented);"
+        " psycopg_pool refuses the connection, so its `wait()` times out",
+    ),
+    "test_pool_common.py::test_queue[ConnectionPool]": (
+        "private",
+        "asserts `conn._pool is p` (psycopg_pool sets a private attribute on the connection);"
+        " timings and the 2 distinct backends would pass",
+    ),
+    "test_pool_common.py::test_queue_size[ConnectionPool]": _GET_STATS,
+    "test_pool_common.py::test_dead_client[ConnectionPool]": _P_POOL,
+    "test_pool_common.py::test_broken_reconnect[ConnectionPool]": _CLOSE_IN_BLOCK,
+    "test_pool_common.py::test_close_no_tasks[ConnectionPool]": _SCHED,
+    "test_pool_common.py::test_del_stops_threads[ConnectionPool]": _SCHED,
+    "test_pool_common.py::test_reopen[ConnectionPool]": _SCHED,
+    "test_pool_common.py::test_close_connection_on_pool_close[ConnectionPool]": (
+        "deliberate",
+        "`close()` while a connection is lent: psycopool closes it (after close's timeout) and"
+        " the block raises `PoolClosed` ('its transaction was not committed'); psycopg_pool"
+        " leaves it open, commits at block exit, then closes it",
+    ),
+    "test_pool_common.py::test_closed_queue[ConnectionPool]": _WAITING,
+    "test_pool_common.py::test_open_explicit[ConnectionPool]": (
+        "naming",
+        "message: psycopool says \"pool 'x' is closed\", the test matches 'is already closed'",
+    ),
+    "test_pool_common.py::test_jitter[ConnectionPool]": (
+        "private",
+        "calls `ConnectionPool._jitter`",
+    ),
+    "test_pool_common.py::test_stats_measures[ConnectionPool]": _GET_STATS,
+    "test_pool_common.py::test_stats_usage[ConnectionPool]": (
+        "missing",
+        "`get_stats()` and the `usage_ms` counter",
+    ),
+    "test_pool_common.py::test_check_connection[ConnectionPool-True]": _CHECK_CONNECTION,
+    "test_pool_common.py::test_check_connection[ConnectionPool-False]": _CHECK_CONNECTION,
+    "test_pool_common.py::test_check_init[ConnectionPool]": _CHECK_SKIPPED,
+    "test_pool_common.py::test_check_timeout[ConnectionPool]": _CHECK_SKIPPED,
+    "test_pool_common.py::test_drain[ConnectionPool]": ("missing", "`drain()`"),
+}
+
+_CLASS_MISSING = re.compile(r"has no attribute '((?:Async)?(?:Null)?ConnectionPool)'")
+_PATTERNS: list[tuple[re.Pattern[str], tuple[str, str]]] = [
+    (re.compile(r"unexpected keyword argument '(\w+)'"), ("missing", "`{0}=` parameter")),
+    (
+        re.compile(r"No module named 'psycopg_pool\.(\w+)'"),
+        ("private", "imports `psycopg_pool.{0}`"),
+    ),
+    (re.compile(r"has no attribute '(_\w+)'"), ("private", "uses `{0}`")),
+    (re.compile(r"has no attribute '(\w+)'"), ("missing", "`{0}`")),
+    (re.compile(r"proxy didn't start"), ("environment", "the proxy did not start")),
+]
+
+
+def classify(test_id: str, message: str) -> tuple[str, str]:
+    found = _CLASS_MISSING.search(message)
+    if found:
+        return "missing", f"`{found.group(1)}` does not exist in psycopool yet"
+    if test_id in VERDICTS:
+        return VERDICTS[test_id]
+    bare = test_id.split("[", 1)[0]
+    if bare in VERDICTS:
+        return VERDICTS[bare]
+    for pattern, (category, reason) in _PATTERNS:
+        found = pattern.search(message)
+        if found:
+            return category, reason.format(*found.groups()) + " (by message)"
+    return "unclassified", ""
