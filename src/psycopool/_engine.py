@@ -40,6 +40,7 @@ class PooledConnection:
         "borrowed_at",
         "conn",
         "created_at",
+        "epoch",
         "expires_at",
         "fd",
         "idle_since",
@@ -64,6 +65,9 @@ class PooledConnection:
         self.borrowed_at = now
         #: When this connection should be recycled (modern pool's max_lifetime).
         self.expires_at = float("inf")
+        #: The engine's epoch when this connection was asked for: drain() moves
+        #: the engine to a new one, and older connections are closed on arrival.
+        self.epoch = 0
         #: The drop-in's key while checked out.
         self.key: Any = None
         #: The borrower's stack, kept only when leak detection is on.
@@ -147,6 +151,8 @@ class Engine:
         #: Connections taken off the books to be closed, until they are.
         self.closing = 0
         self.closed = False
+        #: Bumped by drain(): connections from an older epoch are not kept.
+        self.epoch = 0
         self.watcher = SocketWatcher()
         #: Lend without keeping connections alive, and reclaim the slot of one a
         #: borrower drops (the modern pool). The drop-in keeps psycopg2's strong refs.
@@ -159,6 +165,7 @@ class Engine:
         #: Called in a forked child after the inherited connections were dropped.
         self.after_fork: Callable[[], None] | None = None
         # Counters for stats(); plain ints, updated under the lock or by the owner.
+        #: Connection attempts (psycopg_pool's meaning), failed ones included.
         self.connections_num = 0
         self.connections_ms = 0
         self.connections_errors = 0
@@ -185,16 +192,19 @@ class Engine:
         connect between them: see :meth:`register` and :meth:`connect_failed`.
         """
         start = self.clock()
+        epoch = self.epoch
         try:
             conn = self._connect()
         except BaseException:
             self.connect_failed()
             raise
-        return self.register(conn, start)
+        return self.register(conn, start, epoch)
 
-    def register(self, conn: Any, start: float) -> PooledConnection:
+    def register(self, conn: Any, start: float, epoch: int | None = None) -> PooledConnection:
         """Record a connection just opened for a reserved slot (started at ``start``).
 
+        ``epoch`` is :attr:`epoch` read before connecting (a drain() meanwhile
+        makes the connection one to close on arrival); default: the current one.
         No lock held. Returns its entry, still counted as pending. If it can't be
         recorded, it is closed, the reservation given back and the error raised.
         """
@@ -205,6 +215,7 @@ class Engine:
                 self.driver.session_state(conn),
                 self.clock(),
             )
+            entry.epoch = self.epoch if epoch is None else epoch
             self.watcher.add(entry.fd)
             if self.track_dropped:
                 entry.ref = weakref.ref(conn, partial(_on_dropped, self.dropped, entry))
@@ -221,6 +232,7 @@ class Engine:
         """A connection attempt for a reserved slot failed: give the slot back. No lock held."""
         with self.lock:
             self.pending -= 1
+            self.connections_num += 1
             self.connections_errors += 1
 
     def lend_new_locked(self, entry: PooledConnection) -> None:
