@@ -3,40 +3,40 @@
 Built on the same engine as the psycopg2.pool drop-in. Borrowers wait in a
 FIFO queue and a returned connection goes straight to the oldest waiter (no
 barging). Connections are checked on the way out, cleaned on the way back,
-and maintained by background threads (see ``_upkeep.py``).
+and maintained by background threads (see ``_upkeep.py``). Settings,
+statistics and the upkeep decisions live in :class:`~psycopool._base.BasePool`,
+shared with the asyncio pool; this module does the blocking I/O.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 import traceback
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
-from psycopool._args import as_count, as_seconds
-from psycopool._drivers import IDLE, INTRANS, Driver, get_driver, hide_password
-from psycopool._engine import Engine, PooledConnection, Waiter
-from psycopool._errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests, flavoured
+from psycopool._args import as_seconds
+from psycopool._base import (
+    CT,
+    DEFAULT_NUM_WORKERS,
+    BasePool,
+    CheckPolicy,
+    ResetPolicy,
+    positive,
+)
+from psycopool._drivers import IDLE, INTRANS
+from psycopool._engine import PooledConnection, Waiter
+from psycopool._errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from psycopool._health import RECENTLY_USED, is_alive, ping
 from psycopool._reset import clean
-from psycopool._upkeep import Settings, Upkeep
+from psycopool._upkeep import Upkeep
 
 logger = logging.getLogger("psycopool")
 
-CheckPolicy = Literal["liveness", "ping"] | Callable[[Any], object] | None
-ResetPolicy = Literal["rollback", "discard"] | Callable[[Any], object] | None
 
-#: libpq's connect_timeout added when the user gives none, so a server that
-#: hangs on connect can't hold a connector thread for ever.
-DEFAULT_CONNECT_TIMEOUT = 10
-
-_names = itertools.count(1)
-
-
-class ConnectionPool:
+class ConnectionPool(BasePool[CT]):
     """A pool of PostgreSQL connections that waits fairly, checks, cleans and maintains them.
 
     ``conninfo`` (a string, or a callable returning one at every connect) and
@@ -65,93 +65,44 @@ class ConnectionPool:
         reset: ResetPolicy = "rollback",
         leak_timeout: float | None = None,
         driver: Any = "psycopg2",
+        connection_class: type[CT] | None = None,
         name: str | None = None,
+        reconnect_timeout: float | None = 300.0,
+        reconnect_failed: Callable[[Any], object] | None = None,
+        num_workers: int = DEFAULT_NUM_WORKERS,
         open: bool = True,
     ) -> None:
-        if not (isinstance(conninfo, str) or callable(conninfo)):
-            raise TypeError(f"conninfo must be a string or a callable; got {type(conninfo)!r}")
-        if not (kwargs is None or isinstance(kwargs, Mapping) or callable(kwargs)):
-            # Masked: a conninfo string passed here by mistake holds the password.
-            raise TypeError(
-                f"kwargs must be a dict or a callable; got {hide_password(repr(kwargs))}"
-            )
-        min_size, max_size = _check_sizes(min_size, max_size)
-        self.timeout = _positive("timeout", timeout)
-        self.max_waiting = as_count("max_waiting", max_waiting)
-        self.max_idle = as_seconds("max_idle", max_idle, allow_zero=False)
-        self.max_lifetime = as_seconds("max_lifetime", max_lifetime, allow_zero=False)
-        self.leak_timeout = as_seconds("leak_timeout", leak_timeout, allow_zero=False)
-        if not (check in ("liveness", "ping", None) or callable(check)):
-            raise ValueError(f"check must be 'liveness', 'ping', None or a callable; got {check!r}")
-        if not (reset in ("rollback", "discard", None) or callable(reset)):
-            raise ValueError(
-                f"reset must be 'rollback', 'discard', None or a callable; got {reset!r}"
-            )
-        if configure is not None and not callable(configure):
-            raise TypeError(f"configure must be a callable or None; got {configure!r}")
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a string or None; got {name!r}")
-        self.name = name or f"pool-{next(_names)}"
-        self.check_policy = check
-        self.reset_policy = reset
-        # Precomputed for the hot path.
-        self._liveness_only = check == "liveness"
-        self._rollback_only = reset == "rollback"
-        self._conninfo = conninfo
-        self._kwargs = kwargs
-        self._configure = configure
-        self._driver: Driver = get_driver(driver)
-        self._error = self._driver.OperationalError
-        self._reset_extra = self._reset_function(reset)
-        self._engine = engine = Engine(
-            self._driver, self._connect, max_size=max_size, clock=self.clock
+        super().__init__(
+            conninfo,
+            kwargs=kwargs,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            max_waiting=max_waiting,
+            max_idle=max_idle,
+            max_lifetime=max_lifetime,
+            check=check,
+            configure=configure,
+            reset=reset,
+            leak_timeout=leak_timeout,
+            driver=driver,
+            connection_class=connection_class,
+            name=name,
+            reconnect_timeout=reconnect_timeout,
+            reconnect_failed=reconnect_failed,
+            num_workers=num_workers,
         )
+        self._reset_extra = self._reset_function(reset)
+        engine = self._engine
         engine.track_dropped = True
         engine.after_fork = self._after_fork
-        self._settings = Settings(
-            name=self.name,
-            min_size=min_size,
-            max_idle=self.max_idle,
-            max_lifetime=self.max_lifetime,
-            leak_timeout=self.leak_timeout,
-        )
-        self._upkeep = Upkeep(engine, self._settings)
-        self._opened = False
-        self._closed = False
-        self._usable = False  # opened and not closed: one test on the hot path
-        self._shrinking = False  # resize() lowered max_size below the current size
-        # Counters, updated under the engine lock.
-        self._requests_num = 0
-        self._requests_queued = 0
-        self._requests_wait_ms = 0
-        self._requests_errors = 0
-        self._returns_bad = 0
+        self._upkeep = Upkeep(engine, self._settings, self._reconnect_failed)
         if open:
             self.open()
 
-    # -- configuration -------------------------------------------------------
-
-    @property
-    def min_size(self) -> int:
-        return self._settings.min_size
-
-    @property
-    def max_size(self) -> int:
-        return self._engine.max_size
-
-    @property
-    def closed(self) -> bool:
-        """True before ``open()`` and after ``close()``."""
-        return self._closed or not self._opened
-
-    def __repr__(self) -> str:
-        engine = self._engine
-        state = "closed" if self._closed else ("open" if self._opened else "not open")
-        return (
-            f"<{type(self).__name__} {self.name!r} {state} min_size={self.min_size}"
-            f" max_size={self.max_size} size={engine.size} idle={len(engine.idle)}"
-            f" waiting={len(engine.waiters)} driver={self._driver.name}>"
-        )
+    def _reconnect_failed(self) -> None:
+        if self.reconnect_failed_callback is not None:
+            self.reconnect_failed_callback(self)
 
     def _reset_function(self, reset: ResetPolicy) -> Callable[[Any], object] | None:
         if reset == "discard":
@@ -168,10 +119,7 @@ class ConnectionPool:
 
     def _connect(self) -> Any:
         """Open one connection (called by connector threads) and run ``configure`` on it."""
-        conninfo = self._conninfo() if callable(self._conninfo) else self._conninfo
-        kwargs = dict(self._kwargs() if callable(self._kwargs) else (self._kwargs or {}))
-        if "connect_timeout" not in kwargs and "connect_timeout" not in conninfo:
-            kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+        conninfo, kwargs = self._connect_arguments()
         driver = self._driver
         conn = driver.connect(conninfo, kwargs)
         if self._configure is not None:
@@ -207,7 +155,7 @@ class ConnectionPool:
 
     def wait(self, timeout: float = 30.0) -> None:
         """Block until ``min_size`` connections are open; PoolTimeout after ``timeout`` seconds."""
-        timeout = _positive("timeout", timeout)
+        timeout = positive("timeout", timeout)
         deadline = time.monotonic() + timeout
         engine = self._engine
         while True:
@@ -274,7 +222,7 @@ class ConnectionPool:
             )
         engine.watcher.close()
 
-    def __enter__(self) -> ConnectionPool:
+    def __enter__(self) -> ConnectionPool[CT]:
         self.open()
         return self
 
@@ -309,7 +257,7 @@ class ConnectionPool:
         if timeout is None:
             timeout = self.timeout
         elif type(timeout) is not float or not timeout > 0.0:  # checked in full only if unusual
-            timeout = _positive("timeout", timeout)
+            timeout = positive("timeout", timeout)
         engine = self._engine
         lock = engine.lock
         deadline = 0.0
@@ -478,10 +426,7 @@ class ConnectionPool:
                     # closed it already; returning it is still fine.
                     driver.close(conn)
                     return
-                raise ValueError(
-                    f"conn ({type(conn).__name__} at {id(conn):#x}) was not lent by pool"
-                    f" {self.name!r}, or was already returned"
-                )
+                raise self._not_lent_error(conn)
             entry.conn = conn
             now = engine.clock()
             if (
@@ -520,16 +465,25 @@ class ConnectionPool:
             engine.pending -= 1
             if broken:
                 self._returns_bad += 1
-            keep = ok and not expired and not self._closed and engine.size < engine.max_size
+            drained = entry.epoch != engine.epoch
+            keep = (
+                ok
+                and not expired
+                and not drained
+                and not self._closed
+                and engine.size < engine.max_size
+            )
             if self._shrinking:
                 self._shrinking = engine.size > engine.max_size
             if keep:
                 engine.give_back_locked(entry, engine.clock())
             else:
                 engine.retire_locked(entry)
-            if not keep and expired and ok:
-                counters = self._settings.counters
-                counters["connections_recycled"] += 1
+            if not keep and ok:
+                if drained:
+                    self._settings.counters["connections_drained"] += 1
+                elif expired:
+                    self._settings.counters["connections_recycled"] += 1
         if not keep:
             engine.close_one(entry)
             if not self._closed:
@@ -540,68 +494,14 @@ class ConnectionPool:
     def _upkeep_pass(self, check_all: bool = False) -> None:
         """One round of upkeep: reclaim dropped, report leaks, expire, (check), refill."""
         engine = self._engine
-        settings = self._settings
-        counters = settings.counters
-        now = self.clock()
-        leaks: list[tuple[float, str | None]] = []
-        to_close: list[PooledConnection] = []
-        to_check: list[PooledConnection] = []
-        reclaimed = 0
         with engine.lock:
             if self._closed:
                 return
-            if engine.dropped:
-                reclaimed = engine.reclaim_dropped_locked()
-                counters["connections_dropped"] += reclaimed
-            if self.leak_timeout is not None:
-                for entry in engine.in_use.values():
-                    held = now - entry.borrowed_at
-                    if not entry.leak_reported and held > self.leak_timeout:
-                        entry.leak_reported = True
-                        leaks.append((held, entry.stack))
-                counters["leaks_detected"] += len(leaks)
-            kept = [e for e in engine.idle if e.expires_at > now]
-            recycled = len(engine.idle) - len(kept)
-            if recycled:
-                old = [e for e in engine.idle if e.expires_at <= now]
-                engine.idle.clear()
-                engine.idle.extend(kept)
-                engine.retire_locked(*old)
-                to_close.extend(old)
-                counters["connections_recycled"] += recycled
-            if self.max_idle is not None:
-                expired = engine.pop_expired_idle_locked(self.max_idle, self.min_size, now)
-                counters["connections_idle_closed"] += len(expired)
-                to_close.extend(expired)
-            if self._shrinking:  # resize() lowered max_size
-                while engine.idle and engine.size - engine.closing > engine.max_size:
-                    surplus = engine.idle.popleft()
-                    engine.retire_locked(surplus)
-                    to_close.append(surplus)
-                self._shrinking = engine.size > engine.max_size
-            if check_all:
-                to_check = list(engine.idle)
-                engine.idle.clear()
-                engine.pending += len(to_check)
-        if reclaimed:
-            logger.warning(
-                "pool %r: %d lent connections were garbage-collected without being"
-                " returned; their slots are free again",
-                self.name,
-                reclaimed,
-            )
-        for held, stack in leaks:
-            logger.warning(
-                "pool %r: a connection has been lent for %.1f s (leak_timeout=%s);"
-                " borrowed at:\n%s",
-                self.name,
-                held,
-                self.leak_timeout,
-                stack or "(stack not recorded)",
-            )
-        engine.close(to_close)
-        if to_check:
-            self._check_idle(to_check)
+            chores = self._decide_upkeep_locked(self.clock(), check_all)
+        self._report(chores)
+        engine.close(chores.to_close)
+        if chores.to_check:
+            self._check_idle(chores.to_check)
         self._upkeep.request_connections()
 
     def _check_idle(self, entries: list[PooledConnection]) -> None:
@@ -642,58 +542,27 @@ class ConnectionPool:
     def resize(self, min_size: int, max_size: int | None = None) -> None:
         """Change the sizes. Growth starts at once; excess idle connections are closed now,
         excess lent ones when they come back."""
-        min_size, max_size = _check_sizes(min_size, max_size)
         with self._engine.lock:
-            self._settings.min_size = min_size
-            self._engine.max_size = max_size
-            self._shrinking = self._engine.size > max_size
+            self._resize_locked(min_size, max_size)
         if self._opened and not self._closed:
             self._upkeep_pass()
 
-    def stats(self) -> dict[str, int]:
-        """Gauges and counters, with psycopg_pool's names plus psycopool's own (see the docs)."""
+    def drain(self) -> None:
+        """Replace every connection: idle ones now, lent ones when they come back.
+
+        For a credential rotation, a DNS change or a primary switch: after
+        ``drain()`` no connection opened before it is lent again (a waiter
+        already handed one keeps it until it returns it), and ``min_size`` is
+        refilled with new connections at once.
+        """
         engine = self._engine
         with engine.lock:
-            stats = {
-                "pool_min": self.min_size,
-                "pool_max": engine.max_size,
-                "pool_size": engine.size,
-                "pool_available": len(engine.idle),
-                "requests_waiting": len(engine.waiters),
-                "requests_num": self._requests_num,
-                "requests_queued": self._requests_queued,
-                "requests_wait_ms": self._requests_wait_ms,
-                "requests_errors": self._requests_errors,
-                "returns_bad": self._returns_bad,
-                "connections_num": engine.connections_num,
-                "connections_ms": engine.connections_ms,
-                "connections_errors": engine.connections_errors,
-                "connections_lost": engine.connections_lost,
-                "connections_in_use": len(engine.in_use),
-            }
-            for key in (
-                "connections_recycled",
-                "connections_idle_closed",
-                "connections_dropped",
-                "leaks_detected",
-                "reconnects",
-            ):
-                stats[key] = self._settings.counters[key]
-        return stats
-
-    # -- errors --------------------------------------------------------------
-
-    def _err(self, cls: type[PoolError], message: str) -> PoolError:
-        return flavoured(cls, self._error)(message)
-
-    def _closed_error(self) -> PoolError:
-        if self._closed:
-            return self._err(PoolClosed, f"pool {self.name!r} is closed")
-        return self._err(PoolClosed, f"pool {self.name!r} is not open yet: call open()")
-
-    def _last_error_hint(self) -> str:
-        error = self._engine.last_connect_error
-        return f"; last connection attempt failed: {hide_password(error)}" if error else ""
+            if self._closed:
+                raise self._closed_error()
+            idle = self._drain_locked()
+        engine.close(idle)
+        if self._opened:
+            self._upkeep.request_connections()
 
 
 class _Borrowed:
@@ -701,7 +570,7 @@ class _Borrowed:
 
     __slots__ = ("_conn", "_pool", "_timeout")
 
-    def __init__(self, pool: ConnectionPool, timeout: float | None) -> None:
+    def __init__(self, pool: ConnectionPool[Any], timeout: float | None) -> None:
         self._pool = pool
         self._timeout = timeout
         self._conn: Any = None
@@ -736,27 +605,3 @@ class _Borrowed:
                     pass  # the connection is broken: putconn discards it
         finally:
             pool.putconn(conn)
-
-
-def _check_sizes(min_size: Any, max_size: Any) -> tuple[int, int]:
-    if isinstance(min_size, bool) or not isinstance(min_size, int):
-        raise TypeError(f"min_size must be an integer; got {min_size!r}")
-    if min_size < 0:
-        raise ValueError(f"min_size must be >= 0; got {min_size!r}")
-    if max_size is None:
-        max_size = min_size
-    elif isinstance(max_size, bool) or not isinstance(max_size, int):
-        raise TypeError(f"max_size must be an integer or None; got {max_size!r}")
-    if max_size < 1:
-        raise ValueError(f"max_size must be >= 1; got max_size={max_size!r}")
-    if max_size < min_size:
-        raise ValueError(
-            f"max_size must be >= min_size; got min_size={min_size!r}, max_size={max_size!r}"
-        )
-    return min_size, max_size
-
-
-def _positive(name: str, value: Any) -> float:
-    seconds = as_seconds(name, value, allow_none=False, allow_zero=False)
-    assert seconds is not None
-    return seconds

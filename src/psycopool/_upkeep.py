@@ -1,9 +1,11 @@
 """Background work of a :class:`~psycopool.ConnectionPool`.
 
 Borrowers never connect. When one has to wait, or the pool is below
-``min_size``, connector threads (at most ``MAX_CONNECTING`` at a time) open
+``min_size``, connector threads (at most ``num_workers`` at a time) open
 connections and hand each to the oldest waiter, or put it on the idle stack.
-After a failed attempt a single connector retries with exponential backoff.
+After a failed attempt a single connector retries with exponential backoff
+(``_backoff.py``), and calls ``reconnect_failed`` once when failures have
+lasted ``reconnect_timeout``.
 One upkeep thread wakes periodically to refill ``min_size``, close idle
 connections above ``min_size`` after ``max_idle``, recycle connections past
 ``max_lifetime``, reclaim the slots of connections a borrower dropped, and
@@ -16,50 +18,42 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 import weakref
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
+from psycopool._backoff import Backoff
+from psycopool._base import Settings
 from psycopool._drivers import hide_password
 from psycopool._engine import Engine, PooledConnection
 
 logger = logging.getLogger("psycopool")
 
-#: Connections opened at the same time when a burst arrives: enough to grow
-#: fast, few enough not to stampede the server (HikariCP's "spike" lesson).
-MAX_CONNECTING = 4
-#: Reconnect backoff: first delay, growth factor and ceiling, in seconds.
-BACKOFF_FIRST = 0.1
-BACKOFF_FACTOR = 2.0
-BACKOFF_MAX = 5.0
 #: How often the upkeep thread looks at the pool when nothing wakes it.
 TICK = 0.5
 
 
-@dataclass
-class Settings:
-    """The parts of a pool's configuration the background threads read; changed by resize()."""
-
-    name: str
-    min_size: int
-    max_idle: float | None
-    max_lifetime: float | None
-    leak_timeout: float | None
-    #: Counters the background threads update (read by stats()).
-    counters: Counter[str] = field(default_factory=Counter)
-
-
 class Upkeep:
-    """Connector threads and the upkeep thread of one pool."""
+    """Connector threads and the upkeep thread of one pool.
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    ``gave_up`` (weakly held if a bound method) is called, in a connector
+    thread, once a run of failed attempts has lasted ``reconnect_timeout``.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        gave_up: Callable[[], object] | None = None,
+    ) -> None:
         self._engine = engine
         self._settings = settings
+        self._gave_up = None if gave_up is None else _weak_callable(gave_up)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._connecting = 0  # connector threads alive; under the engine lock
-        self._failures = 0  # consecutive failed attempts; under the engine lock
+        # Consecutive failed attempts; under the engine lock.
+        self._backoff = Backoff(settings.reconnect_timeout)
         self._threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
 
@@ -95,7 +89,7 @@ class Upkeep:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._connecting = 0
-        self._failures = 0
+        self._backoff = Backoff(self._settings.reconnect_timeout)
         self._threads = weakref.WeakSet()
         self._thread = None
         if pass_fn is not None:
@@ -129,7 +123,7 @@ class Upkeep:
             # full pool doesn't queue on the lock for nothing; the locked test decides).
             return
         with engine.lock:
-            limit = 1 if self._failures else MAX_CONNECTING
+            limit = 1 if self._backoff.failures else self._settings.num_workers
             start = min(self._wanted_locked(), limit - self._connecting)
             if start <= 0:
                 return
@@ -153,7 +147,7 @@ class Upkeep:
         counters = self._settings.counters
         while True:
             with engine.lock:
-                limit = 1 if self._failures else MAX_CONNECTING
+                limit = 1 if self._backoff.failures else self._settings.num_workers
                 if self._wanted_locked() <= 0 or self._connecting > limit:
                     self._connecting -= 1
                     return
@@ -170,11 +164,11 @@ class Upkeep:
             self._set_lifetime(entry)
             with engine.lock:
                 engine.pending -= 1
-                recovered = self._failures
-                self._failures = 0
+                recovered = self._backoff.succeeded()
                 if recovered:
                     counters["reconnects"] += 1
-                kept = not engine.closed
+                # Opened for an epoch drain() has ended since: not for keeping.
+                kept = not engine.closed and entry.epoch == engine.epoch
                 if kept:
                     engine.give_back_locked(entry, engine.clock())
                 else:
@@ -192,10 +186,8 @@ class Upkeep:
         """Record a failed attempt; return how long to wait before the next."""
         engine = self._engine
         with engine.lock:
-            self._failures += 1
-            failures = self._failures
-        delay = min(BACKOFF_MAX, BACKOFF_FIRST * BACKOFF_FACTOR ** (failures - 1))
-        delay *= random.uniform(0.9, 1.1)
+            delay, gave_up = self._backoff.failed(time.monotonic())  # real time, as waits
+            failures = self._backoff.failures
         message = hide_password(str(exc).strip()) or type(exc).__name__
         engine.last_connect_error = message
         logger.warning(
@@ -205,6 +197,18 @@ class Upkeep:
             delay,
             message,
         )
+        if gave_up:
+            logger.warning(
+                "pool %r: reconnecting has failed for %s s (reconnect_timeout)",
+                self._settings.name,
+                self._settings.reconnect_timeout,
+            )
+            callback = self._gave_up() if self._gave_up is not None else None
+            if callback is not None:
+                try:
+                    callback()
+                except Exception:
+                    logger.exception("pool %r: reconnect_failed raised", self._settings.name)
         return delay
 
     def _set_lifetime(self, entry: PooledConnection) -> None:
@@ -240,4 +244,4 @@ def _upkeep_loop(
         wake.clear()
 
 
-__all__ = ["MAX_CONNECTING", "Settings", "Upkeep"]
+__all__ = ["Upkeep"]
