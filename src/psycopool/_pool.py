@@ -429,6 +429,7 @@ class ConnectionPool(BasePool[CT]):
                 raise self._not_lent_error(conn)
             entry.conn = conn
             now = engine.clock()
+            self._usage += now - entry.borrowed_at
             if (
                 self._rollback_only
                 and self._usable
