@@ -194,7 +194,7 @@ class ConnectionPool(BasePool[CT]):
             waiters = list(engine.waiters)
             engine.waiters.clear()
         for waiter in waiters:
-            waiter.event.set()
+            waiter.wake()
         engine.close(idle)
         deadline = time.monotonic() + timeout
         while True:
