@@ -6,6 +6,9 @@
 - ``app_name`` (function): a unique ``application_name`` for this test.
 - ``dsn`` (function): ``pg_server.dsn`` plus that ``application_name``, so
   ``pg_server.count(app_name)`` counts exactly this test's connections.
+- ``pgbouncer_session``, ``pgbouncer_transaction`` (module): a PgBouncer (``_topology.py``) in
+  front of ``pg_server`` in that pooling mode; skipped where pgbouncer is not installed (failed
+  instead when ``PSYCOPOOL_REQUIRE_SERVER=1``).
 
 Without any PostgreSQL binaries the tests that need a server are skipped, unless
 ``PSYCOPOOL_REQUIRE_SERVER=1`` (then they error).
@@ -20,6 +23,7 @@ import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,3 +94,29 @@ def app_name(request: pytest.FixtureRequest) -> str:
 def dsn(pg_server: PgServer, app_name: str) -> str:
     """``pg_server.dsn`` with this test's ``application_name``."""
     return with_app_name(pg_server.dsn, app_name)
+
+
+def _bouncer(pg_server: PgServer, mode: str) -> Iterator[Any]:
+    from _topology import PgBouncer, require_pgbouncer
+
+    require_pgbouncer()
+    if pg_server.server is None:
+        pytest.skip("the server comes from PSYCOPOOL_TEST_DSN: no PgBouncer is started for it")
+    bouncer = PgBouncer(pg_server.server.port, pool_mode=mode)
+    bouncer.start()
+    try:
+        yield bouncer
+    finally:
+        bouncer.cleanup()
+
+
+@pytest.fixture(scope="module")
+def pgbouncer_session(pg_server: PgServer) -> Iterator[Any]:
+    """PgBouncer in session pooling mode in front of the test server."""
+    yield from _bouncer(pg_server, "session")
+
+
+@pytest.fixture(scope="module")
+def pgbouncer_transaction(pg_server: PgServer) -> Iterator[Any]:
+    """PgBouncer in transaction pooling mode in front of the test server."""
+    yield from _bouncer(pg_server, "transaction")

@@ -17,11 +17,14 @@ def clean(
     conn: Any,
     state: SessionState,
     extra: Callable[[Any], object] | None = None,
+    *,
+    session_sql: bool = True,
 ) -> bool:
     """Roll back, restore the session attributes, then run ``extra`` (committing what it runs).
 
     Returns False if the connection is closed, broken or could not be cleaned:
-    the caller must then close it, never reuse it.
+    the caller must then close it, never reuse it. ``session_sql=False`` (behind a
+    transaction pooler): send no session-level statement; close rather than SET.
     """
     if driver.is_closed(conn):
         return False
@@ -32,7 +35,7 @@ def clean(
         if status != IDLE:
             driver.rollback(conn)
         if driver.session_state(conn) != state:
-            driver.restore_session(conn, state)
+            driver.restore_session(conn, state, session_sql=session_sql)
         if extra is not None:
             extra(conn)
             status = driver.transaction_status(conn)

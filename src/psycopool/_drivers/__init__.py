@@ -22,6 +22,10 @@ UNKNOWN = 4
 SessionState = tuple[Any, ...]
 
 
+class SessionStateError(Exception):
+    """A returned connection's session can't be restored without a session-level SET."""
+
+
 class Driver(abc.ABC):
     """Connect, inspect, clean and close connections of one driver."""
 
@@ -68,8 +72,12 @@ class Driver(abc.ABC):
         """Open, IDLE, with the session attributes of ``state``: the cheap test on every return."""
 
     @abc.abstractmethod
-    def restore_session(self, conn: Any, state: SessionState) -> None:
-        """Put the session attributes back to ``state``; the connection is IDLE."""
+    def restore_session(self, conn: Any, state: SessionState, *, session_sql: bool = True) -> None:
+        """Put the session attributes back to ``state``; the connection is IDLE.
+
+        With ``session_sql=False`` (behind a transaction pooler) no session-level statement
+        is sent: :class:`SessionStateError` if the attributes can't be restored without one.
+        """
 
     @abc.abstractmethod
     def rollback(self, conn: Any) -> None:
@@ -141,7 +149,7 @@ class AsyncDriver(Driver):
     def connect(self, conninfo: str, kwargs: Mapping[str, Any]) -> Any:
         raise TypeError(f"{self.name} async driver: use aconnect()")
 
-    def restore_session(self, conn: Any, state: SessionState) -> None:
+    def restore_session(self, conn: Any, state: SessionState, *, session_sql: bool = True) -> None:
         raise TypeError(f"{self.name} async driver: use arestore_session()")
 
     def rollback(self, conn: Any) -> None:

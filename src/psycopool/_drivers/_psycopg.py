@@ -77,8 +77,8 @@ class PsycopgDriver(PsycopgInspector):
         watch_fatal_notices(conn)
         return conn
 
-    def restore_session(self, conn: Any, state: SessionState) -> None:
-        # psycopg 3 keeps these client-side and applies them at BEGIN.
+    def restore_session(self, conn: Any, state: SessionState, *, session_sql: bool = True) -> None:
+        # psycopg 3 keeps these client-side and applies them at BEGIN: nothing is sent.
         autocommit, isolation_level, read_only, deferrable = state
         conn.autocommit = autocommit
         conn.isolation_level = isolation_level

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from psycopool._drivers import IDLE, Driver, SessionState, masked_error
+from psycopool._drivers import IDLE, Driver, SessionState, SessionStateError, masked_error
 
 try:
     import psycopg2
@@ -66,8 +66,20 @@ class Psycopg2Driver(Driver):
             == state
         )
 
-    def restore_session(self, conn: Any, state: SessionState) -> None:
+    def restore_session(self, conn: Any, state: SessionState, *, session_sql: bool = True) -> None:
         autocommit, isolation_level, readonly, deferrable = state
+        if not session_sql:
+            attributes = (conn.isolation_level, conn.readonly, conn.deferrable)
+            if (conn.autocommit and attributes != (None, None, None)) or (
+                autocommit and state[1:] != (None, None, None)
+            ):
+                # Behind a transaction pooler a session SET runs on whichever server
+                # connection the pooler picks: it can neither be undone nor be sent.
+                raise SessionStateError(
+                    "its isolation_level/readonly/deferrable were set in autocommit mode,"
+                    " which psycopg2 sends as a session SET: behind a transaction pooler"
+                    " that SET landed on a server connection other clients share"
+                )
         # psycopg2 sends these attributes to the server (SET default_transaction_*) only
         # in autocommit mode, and when it leaves autocommit mode it resets there those it
         # set. So once out of autocommit mode the server holds nothing a borrower set,
