@@ -8,11 +8,13 @@ The PgBouncer fixtures (conftest.py, ``_topology.py``) skip where pgbouncer is n
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import psycopg2
 import pytest
 from _modern import query
 from _topology import PgBouncer
@@ -158,6 +160,19 @@ def test_session_mode_defaults(
     _two_pools(pgbouncer_session, app_name + "d", pg_server, driver=driver, reset="discard")
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_transaction_mode(
+    pgbouncer_transaction: PgBouncer, pg_server: Any, table: str, app_name: str, driver: str
+):
+    if driver == "psycopg":
+        pytest.importorskip("psycopg")
+    stats = _two_pools(
+        pgbouncer_transaction, app_name, pg_server, driver=driver, pooler="transaction"
+    )
+    # Nothing was closed for being unclean: every restore was client-side.
+    assert all(s["returns_bad"] == 0 for s in stats.values()), stats
+
+
 @pytest.mark.parametrize("mode", ["session", "transaction"])
 def test_dropin(request: pytest.FixtureRequest, pg_server: Any, table: str, app_name: str, mode):
     """psycopg2.pool's drop-in behind PgBouncer, with an idle_timeout as the docs advise."""
@@ -183,3 +198,58 @@ def test_dropin(request: pytest.FixtureRequest, pg_server: Any, table: str, app_
     assert not errors, f"{len(errors)} errors, first: {errors[0]!r}"
     assert _written(pg_server, tag) == sum(writes) > 0
     assert opened <= THREADS  # idle_timeout keeps what a burst opened
+
+
+def test_transaction_mode_turns_off_psycopg_prepared_statements(
+    pgbouncer_transaction: PgBouncer, app_name: str
+):
+    pytest.importorskip("psycopg")
+    dsn = pgbouncer_transaction.dsn
+    with ConnectionPool(dsn, min_size=1, driver="psycopg", pooler="transaction") as pool:
+        with pool.connection(timeout=10) as conn:
+            assert conn.prepare_threshold is None
+    # Asked for explicitly (PgBouncer >= 1.21 with max_prepared_statements): kept.
+    with ConnectionPool(
+        dsn, min_size=1, driver="psycopg", pooler="transaction", kwargs={"prepare_threshold": 3}
+    ) as pool:
+        with pool.connection(timeout=10) as conn:
+            assert conn.prepare_threshold == 3
+
+
+def test_transaction_mode_refuses_discard():
+    with pytest.raises(ValueError, match=r"reset='discard'.*pooler='transaction'"):
+        ConnectionPool("", reset="discard", pooler="transaction", open=False)
+    with pytest.raises(ValueError, match=r"pooler must be .*got 'statement'"):
+        ConnectionPool("", pooler="statement", open=False)
+
+
+def test_transaction_mode_never_restores_by_set(
+    pgbouncer_transaction: PgBouncer, app_name: str, caplog: pytest.LogCaptureFixture
+):
+    """A psycopg2 borrower that changes readonly/isolation in autocommit mode made psycopg2
+    send a session SET, which landed on some server connection: the pool does not send a
+    second one to another server connection to "undo" it; it closes the client connection."""
+    dsn = pgbouncer_transaction.dsn
+    try:
+        with ConnectionPool(dsn, min_size=1, max_size=1, pooler="transaction") as pool:
+            conn = pool.getconn(timeout=10)
+            conn.autocommit = True
+            conn.isolation_level = psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ
+            with caplog.at_level(logging.WARNING, logger="psycopool"):
+                pool.putconn(conn)
+            assert conn.closed
+            assert "session SET" in caplog.text
+            with pool.connection(timeout=10) as conn2:
+                assert conn2 is not conn
+                assert (conn2.autocommit, conn2.isolation_level) == (False, None)
+            # Outside autocommit psycopg2 keeps them client-side: restored, connection kept.
+            with pool.connection(timeout=10) as conn3:
+                conn3.readonly = True
+                conn3.isolation_level = psycopg2.extensions.ISOLATION_LEVEL_SERIALIZABLE
+                assert query(conn3, "SHOW transaction_isolation") == "serializable"
+            with pool.connection(timeout=10) as conn4:
+                assert conn4 is conn3
+                assert (conn4.readonly, conn4.isolation_level) == (None, None)
+    finally:
+        # The borrower's own SET is on some server connection: have PgBouncer replace them all.
+        pgbouncer_transaction.admin("RECONNECT")

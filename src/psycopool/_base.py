@@ -20,6 +20,7 @@ from psycopool._args import as_count, as_seconds
 from psycopool._drivers import Driver, get_driver, hide_password
 from psycopool._engine import Engine, PooledConnection
 from psycopool._errors import PoolClosed, PoolError, flavoured
+from psycopool._pooler import Pooler, check_pooler, connect_kwargs, session_sql
 
 if TYPE_CHECKING:
     from typing_extensions import TypeVar
@@ -109,6 +110,7 @@ class BasePool(Generic[CT]):
         reconnect_timeout: float | None = 300.0,
         reconnect_failed: Callable[[Any], object] | None = None,
         num_workers: int = DEFAULT_NUM_WORKERS,
+        pooler: Pooler = None,
     ) -> None:
         if not (isinstance(conninfo, str) or callable(conninfo)):
             raise TypeError(f"conninfo must be a string or a callable; got {type(conninfo)!r}")
@@ -145,6 +147,9 @@ class BasePool(Generic[CT]):
                 raise TypeError(f"connection_class must be a class; got {connection_class!r}")
             driver = connection_class  # its driver connects with it (psycopg 3 or psycopg2)
         self.name = name or f"pool-{next(_names)}"
+        #: None, "session" or "transaction": what sits between the pool and the server.
+        self.pooler = check_pooler(pooler, reset)
+        self._session_sql = session_sql(self.pooler)
         self.check_policy = check
         self.reset_policy = reset
         self.connection_class = connection_class
@@ -225,7 +230,7 @@ class BasePool(Generic[CT]):
         kwargs = dict(self._kwargs() if callable(self._kwargs) else (self._kwargs or {}))
         if "connect_timeout" not in kwargs and "connect_timeout" not in conninfo:
             kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
-        return conninfo, kwargs
+        return conninfo, connect_kwargs(self.pooler, self._driver.name, kwargs)
 
     # -- upkeep decisions (lock held, no I/O) --------------------------------
 

@@ -30,6 +30,7 @@ from psycopool._drivers import IDLE, INTRANS
 from psycopool._engine import PooledConnection, Waiter
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from psycopool._health import RECENTLY_USED, is_alive, ping
+from psycopool._pooler import Pooler
 from psycopool._reset import clean
 from psycopool._upkeep import Upkeep
 
@@ -70,6 +71,7 @@ class ConnectionPool(BasePool[CT]):
         reconnect_timeout: float | None = 300.0,
         reconnect_failed: Callable[[Any], object] | None = None,
         num_workers: int = DEFAULT_NUM_WORKERS,
+        pooler: Pooler = None,
         open: bool = True,
     ) -> None:
         super().__init__(
@@ -91,6 +93,7 @@ class ConnectionPool(BasePool[CT]):
             reconnect_timeout=reconnect_timeout,
             reconnect_failed=reconnect_failed,
             num_workers=num_workers,
+            pooler=pooler,
         )
         self._reset_extra = self._reset_function(reset)
         engine = self._engine
@@ -458,9 +461,13 @@ class ConnectionPool(BasePool[CT]):
         ok = not broken and not self._closed
         if ok:
             if self.reset_policy is None:
-                ok = driver.transaction_status(conn) == IDLE or clean(driver, conn, entry.state)
+                ok = driver.transaction_status(conn) == IDLE or clean(
+                    driver, conn, entry.state, session_sql=self._session_sql
+                )
             else:
-                ok = clean(driver, conn, entry.state, self._reset_extra)
+                ok = clean(
+                    driver, conn, entry.state, self._reset_extra, session_sql=self._session_sql
+                )
         expired = engine.clock() >= entry.expires_at
         with engine.lock:
             engine.pending -= 1
