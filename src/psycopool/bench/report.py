@@ -208,30 +208,79 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def write_plot(path: Path, tables: Sequence[Table]) -> None:
-    """One horizontal bar chart per table, of its primary column (Agg backend, no display)."""
+    """A bar chart of each table's primary column, then, for each table that has them, the
+    wait-time distribution of every pool (Agg backend, no display).
+
+    The distribution panel is the one that shows fairness: each pool's box spans its wait
+    p25-p75 with the median marked, the whiskers reach p1 and p99, and a dot marks the longest
+    wait. A pool that starves some borrowers has a far dot even when its bar looks fine.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     shown = [t for t in tables if t.rows]
-    n = max(1, len(shown))
+    panels: list[tuple[Table, bool]] = [(t, False) for t in shown]
+    panels += [(t, True) for t in shown if any(t.distributions.values())]
+    n = max(1, len(panels))
     fig, axes = plt.subplots(n, 1, figsize=(10, 2.2 + 0.32 * len(PEERS) * n), squeeze=False)
-    for ax, table in zip(axes[:, 0], shown, strict=True):
-        keys = _ordered(set(table.rows))
-        values = [table.rows[k].get(table.primary, 0.0) for k in keys]
-        colors = ["tab:green" if peer_by_key(k).is_psycopool else "tab:gray" for k in keys]
-        ax.barh([_label(k) for k in keys], values, color=colors)
-        ax.invert_yaxis()
-        header = next((c.header for c in table.columns if c.key == table.primary), table.primary)
-        better = "higher is better" if table.higher_is_better else "lower is better"
-        ax.set_title(f"{table.title}\n{header} ({better})", fontsize=8, loc="left")
+    for ax, (table, distribution) in zip(axes[:, 0], panels, strict=True):
+        if distribution:
+            _plot_distribution(ax, table)
+        else:
+            _plot_bars(ax, table)
         ax.tick_params(labelsize=7)
-        for y, v in enumerate(values):
-            ax.text(v, y, f" {v:.3g}", va="center", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _color(key: str) -> str:
+    return "tab:green" if peer_by_key(key).is_psycopool else "tab:gray"
+
+
+def _plot_bars(ax: Any, table: Table) -> None:
+    keys = _ordered(set(table.rows))
+    values = [table.rows[k].get(table.primary, 0.0) for k in keys]
+    ax.barh([_label(k) for k in keys], values, color=[_color(k) for k in keys])
+    ax.invert_yaxis()
+    header = next((c.header for c in table.columns if c.key == table.primary), table.primary)
+    better = "higher is better" if table.higher_is_better else "lower is better"
+    ax.set_title(f"{table.title}\n{header} ({better})", fontsize=8, loc="left")
+    for y, v in enumerate(values):
+        ax.text(v, y, f" {v:.3g}", va="center", fontsize=7)
+
+
+def _plot_distribution(ax: Any, table: Table) -> None:
+    keys = [k for k in _ordered(set(table.distributions)) if table.distributions[k]]
+    floor = 0.001  # ms: a log axis can't show a zero wait
+    stats = []
+    for key in keys:
+        p = [max(floor, v) for v in table.distributions[key]]
+        stats.append(
+            {
+                "label": _label(key),
+                "whislo": p[1],
+                "q1": p[25],
+                "med": p[50],
+                "q3": p[75],
+                "whishi": p[99],
+                "fliers": [p[100]],
+            }
+        )
+    boxes = ax.bxp(stats, orientation="horizontal", showfliers=True, patch_artist=True)
+    for patch, key in zip(boxes["boxes"], keys, strict=True):
+        patch.set_facecolor(_color(key))
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.set_xlabel("wait for a connection, ms (log)", fontsize=7)
+    ax.set_title(
+        f"{table.title}\nwait distribution: box p25-p75, line median, whiskers p1-p99,"
+        " dot the longest wait (shorter and tighter is fairer)",
+        fontsize=8,
+        loc="left",
+    )
 
 
 def markdown(data: dict[str, Any]) -> str:

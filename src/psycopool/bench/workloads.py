@@ -116,6 +116,9 @@ class Table:
     higher_is_better: bool = False
     rows: dict[str, dict[str, float]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    #: Per peer, the wait-time distribution in ms (percentiles 0..100 in steps of 1), for the
+    #: plot: a fair pool and a starving one can share a mean and differ only in their tails.
+    distributions: dict[str, list[float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -127,6 +130,7 @@ class Table:
             "columns": [asdict(c) for c in self.columns],
             "rows": self.rows,
             "errors": self.errors,
+            "distributions": self.distributions,
         }
 
 
@@ -704,8 +708,16 @@ def run_contention(ctx: Context, peers: Sequence[type[Peer]]) -> list[Table]:
                 "errors": float(sum(t.errors for t in tallies)),
                 "peak_conns": float(peak),
             }
+            table.distributions[peer_cls.key] = percentiles_ms(waits)
         tables.append(table)
     return tables
+
+
+def percentiles_ms(sorted_seconds: Sequence[float]) -> list[float]:
+    """Percentiles 0, 1, ..., 100 (nearest rank) of sorted durations in seconds, in ms."""
+    if not sorted_seconds:
+        return []
+    return [1000.0 * _pct(sorted_seconds, q) for q in range(101)]
 
 
 # -- burst -------------------------------------------------------------------------------------
