@@ -15,6 +15,7 @@ closing are done by the caller around the short locked sections.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -26,6 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 from psycopool._drivers import Driver, SessionState
 from psycopool._health import RECENTLY_USED, SocketWatcher, is_alive
+from psycopool._loans import Loan, lent_locked
+
+if TYPE_CHECKING:
+    from psycopool._timings import Timings
+
+logger = logging.getLogger("psycopool")
 
 if TYPE_CHECKING:
     import asyncio
@@ -38,6 +45,7 @@ class PooledConnection:
 
     __slots__ = (
         "borrowed_at",
+        "borrower",
         "conn",
         "created_at",
         "epoch",
@@ -72,6 +80,8 @@ class PooledConnection:
         self.key: Any = None
         #: The borrower's stack, kept only when leak detection is on.
         self.stack: str | None = None
+        #: The borrowing thread's ident (or a task's name), kept when borrowers are tracked.
+        self.borrower: int | str | None = None
         self.leak_reported = False
 
 
@@ -170,6 +180,17 @@ class Engine:
         self.connections_ms = 0
         self.connections_errors = 0
         self.connections_lost = 0
+        #: Borrows that gave up: PoolTimeout (the drop-in: "exhausted").
+        self.timeouts = 0
+        #: The pool's name, for log lines.
+        self.name = "pool"
+        #: Set by psycopool.metrics (see _timings.py); while None nothing is recorded.
+        #: Front doors append, under the lock: each returned connection's use time
+        #: (seconds) to ``use_times``, each borrow that waited its wait to ``wait_times``.
+        self.timings: Timings | None = None
+        self.use_times: list[float] | None = None
+        self.wait_times: list[float] | None = None
+        self.create_times: list[float] | None = None
         _ENGINES.add(self)
 
     # -- state ---------------------------------------------------------------
@@ -223,9 +244,16 @@ class Engine:
             self.driver.close(conn)
             self.connect_failed()
             raise
+        seconds = entry.created_at - start
         with self.lock:
             self.connections_num += 1
-            self.connections_ms += int((entry.created_at - start) * 1000)
+            self.connections_ms += int(seconds * 1000)
+            if self.create_times is not None:
+                self.create_times.append(seconds)
+            size = self.size
+        logger.debug(
+            "pool %r: opened a connection in %.1f ms (%d now)", self.name, seconds * 1000, size
+        )
         return entry
 
     def connect_failed(self) -> None:
@@ -281,11 +309,28 @@ class Engine:
         """
         self.closing += len(entries)
 
-    def close(self, entries: Iterable[PooledConnection]) -> None:
-        """Close retired connections, then free their slots. No lock held."""
+    def close(self, entries: Iterable[PooledConnection], reason: str | None = None) -> None:
+        """Close retired connections, then free their slots. No lock held.
+
+        ``reason`` is logged: at INFO for a connection found broken ("dead",
+        "failed check", "failed reset"), at DEBUG for routine ones ("expired",
+        "idle", "drained", "pool closed"...).
+        """
         entries = list(entries)
         if not entries:
             return
+        if reason is not None:
+            level = logging.INFO if reason in BROKEN_REASONS else logging.DEBUG
+            if logger.isEnabledFor(level):
+                logger.log(
+                    level,
+                    "pool %r: %s %d connection%s (%s)",
+                    self.name,
+                    "discarding" if level == logging.INFO else "closing",
+                    len(entries),
+                    "" if len(entries) == 1 else "s",
+                    reason,
+                )
         for entry in entries:
             conn = entry.conn if entry.ref is None else entry.ref()
             if conn is None:
@@ -298,9 +343,9 @@ class Engine:
         with self.lock:
             self.closing -= len(entries)
 
-    def close_one(self, entry: PooledConnection) -> None:
+    def close_one(self, entry: PooledConnection, reason: str | None = None) -> None:
         """Close one retired connection, then free its slot. No lock held."""
-        self.close((entry,))
+        self.close((entry,), reason)
 
     def reclaim_dropped_locked(self) -> int:
         """Free the slots of lent connections that their borrower dropped. Lock held."""
@@ -312,8 +357,15 @@ class Engine:
                 if held is entry:
                     del in_use[ident]
                     reclaimed += 1
+                    if self.use_times is not None:  # held until the pool noticed
+                        self.use_times.append(self.clock() - entry.borrowed_at)
                     break
         return reclaimed
+
+    def lent(self) -> list[Loan]:
+        """The connections lent now, longest held first (see ``_loans.py``)."""
+        with self.lock:
+            return lent_locked(self, self.clock())
 
     # -- idle expiry ---------------------------------------------------------
 
@@ -394,6 +446,10 @@ class Engine:
                 os.close(devnull)
         if self.after_fork is not None:
             self.after_fork()
+
+
+#: Close reasons logged at INFO (something was wrong with the connection); others at DEBUG.
+BROKEN_REASONS = frozenset({"dead", "failed check", "failed reset", "broken"})
 
 
 def _on_dropped(dropped: deque[PooledConnection], entry: PooledConnection, _ref: object) -> None:

@@ -15,6 +15,7 @@ alone. See ``docs/migrating-from-psycopg2-pool.md`` for every difference.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from typing import Any
@@ -28,6 +29,7 @@ from psycopool._drivers._psycopg2 import Psycopg2Driver
 from psycopool._engine import Engine, PooledConnection
 from psycopool._errors import PoolError as _PoolErrorBase
 from psycopool._health import RECENTLY_USED
+from psycopool._loans import Loan
 from psycopool._reset import clean
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
 
 logger = logging.getLogger("psycopool")
 _driver = Psycopg2Driver()
+_names = itertools.count(1)
 
 
 class PoolError(_PoolErrorBase, psycopg2.Error):
@@ -83,6 +86,8 @@ class AbstractConnectionPool:
             )
         self.idle_timeout = as_seconds("idle_timeout", idle_timeout)
         self.closed = False
+        #: The pool's name in log lines and metrics; set it to one of your own.
+        self.name = f"{type(self).__name__}-{next(_names)}"
         self._args = args
         self._kwargs = kwargs
         self._keys = 0
@@ -95,6 +100,7 @@ class AbstractConnectionPool:
             clock=self.clock,
         )
         self._engine.after_fork = self._used.clear
+        self._engine.name = self.name
         try:
             self._refill(raise_errors=True)
         except BaseException:
@@ -162,6 +168,7 @@ class AbstractConnectionPool:
                     entry.key = key
                     used[key] = conn
                 elif engine.size >= self.maxconn:
+                    engine.timeouts += 1
                     raise PoolError("connection pool exhausted")
                 else:
                     engine.pending += 1
@@ -169,13 +176,15 @@ class AbstractConnectionPool:
             finally:
                 lock.release()
             if expired:
-                engine.close(expired)
+                engine.close(expired, "idle")
             if entry is None:
                 return self._lend_new(key)
             # Engine.is_alive(), with its recently-used shortcut inlined.
-            if (
-                engine.clock() - entry.idle_since < RECENTLY_USED and not conn.closed
-            ) or engine.is_alive(entry):
+            now = engine.clock()
+            if (now - entry.idle_since < RECENTLY_USED and not conn.closed) or engine.is_alive(
+                entry
+            ):
+                entry.borrowed_at = now
                 return conn
             self._drop_dead(entry)
 
@@ -188,8 +197,7 @@ class AbstractConnectionPool:
                 del self._used[entry.key]
             engine.connections_lost += 1
             engine.retire_locked(entry)
-        logger.info("discarding a dead idle connection from %r", self)
-        engine.close_one(entry)
+        engine.close_one(entry, "dead")
 
     def _lend_new(self, key: Any) -> Any:
         """Connect for a slot already reserved, outside the lock, and lend it under ``key``."""
@@ -232,6 +240,9 @@ class AbstractConnectionPool:
                     f"trying to put a connection under key {key!r}, which is not the key it has"
                 )
             del self._used[entry.key]
+            now = engine.clock()
+            if engine.use_times is not None:
+                engine.use_times.append(now - entry.borrowed_at)
             if close:
                 to_close = entry
             elif (
@@ -243,7 +254,6 @@ class AbstractConnectionPool:
             ):
                 # The usual case, decided under one lock with no I/O.
                 if self.idle_timeout != 0 or len(engine.idle) < self.minconn:
-                    now = engine.clock()
                     if engine.waiters:
                         engine.give_back_locked(entry, now)
                     else:  # Engine.give_back_locked(), inlined for the common case
@@ -266,10 +276,15 @@ class AbstractConnectionPool:
         if to_clean is not None:
             self._clean_and_keep(to_clean)
         elif to_close is not None:
-            engine.close_one(to_close)
+            engine.close_one(
+                to_close,
+                "closed by the borrower"
+                if close
+                else ("broken" if driver.is_closed(conn) else "more than minconn idle"),
+            )
         else:
             # Kept; expiry only closes connections above minconn: nothing to refill.
-            engine.close(expired)
+            engine.close(expired, "idle")
             return
         if engine.size < self.minconn:
             self._refill()
@@ -293,7 +308,7 @@ class AbstractConnectionPool:
             else:
                 engine.retire_locked(entry)
         if not keep:
-            engine.close_one(entry)
+            engine.close_one(entry, "more than minconn idle" if ok else "failed reset")
 
     # -- upkeep without a thread ---------------------------------------------
 
@@ -331,16 +346,38 @@ class AbstractConnectionPool:
 
     def _prune(self) -> None:
         engine = self._engine
+        expired: list[PooledConnection] = []
         with engine.lock:
             if self.closed:
                 raise PoolError("connection pool is closed")
             dropped = engine.pop_dead_idle_locked()
             if self.idle_timeout:
-                dropped += engine.pop_expired_idle_locked(
+                expired = engine.pop_expired_idle_locked(
                     self.idle_timeout, self.minconn, engine.clock()
                 )
-        engine.close(dropped)
+        engine.close(dropped, "dead")
+        engine.close(expired, "idle")
         self._refill()
+
+    # -- observability -------------------------------------------------------
+
+    def _stats(self) -> dict[str, int]:
+        engine = self._engine
+        with engine.lock:
+            return {
+                "pool_min": self.minconn,
+                "pool_max": self.maxconn,
+                "pool_size": engine.size,
+                "pool_available": len(engine.idle),
+                "connections_in_use": len(engine.in_use),
+                # Every failed getconn here is "connection pool exhausted": both names count it.
+                "requests_errors": engine.timeouts,
+                "requests_timeouts": engine.timeouts,
+                "connections_num": engine.connections_num,
+                "connections_ms": engine.connections_ms,
+                "connections_errors": engine.connections_errors,
+                "connections_lost": engine.connections_lost,
+            }
 
     # -- closeall ------------------------------------------------------------
 
@@ -352,7 +389,7 @@ class AbstractConnectionPool:
             self.closed = True
             entries = engine.close_all_locked()
             self._used.clear()
-        engine.close(entries)
+        engine.close(entries, "drained")
         engine.watcher.close()
 
 
@@ -387,6 +424,15 @@ class SimpleConnectionPool(AbstractConnectionPool):
         also do the idle-timeout part lazily.
         """
         self._prune()
+
+    def stats(self) -> dict[str, int]:
+        """Gauges and counters, named as :meth:`psycopool.ConnectionPool.stats` where they mean
+        the same (this pool never waits: no ``requests_waiting``/``requests_wait_ms``)."""
+        return self._stats()
+
+    def lent(self) -> list[Loan]:
+        """The connections checked out now, longest held first: how long, and under which key."""
+        return self._engine.lent()
 
 
 class ThreadedConnectionPool(SimpleConnectionPool):

@@ -1,0 +1,224 @@
+"""Observability: stats() on the drop-in, lent(), the Prometheus and OpenTelemetry exporters.
+
+Every value read back is checked against what the test did (borrows, holds, waits, timeouts),
+against the real server the suite starts.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from _clock import FakeClock
+
+import psycopool
+from psycopool import pool as dropin
+from psycopool._timings import BOUNDS, Histogram
+
+# -- the core, with no exporter ---------------------------------------------------------------
+
+
+def test_import_psycopool_imports_no_exporter() -> None:
+    code = (
+        "import sys, psycopool, psycopool.pool\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in"
+        " ('opentelemetry', 'prometheus_client') or m.startswith('psycopool.metrics')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_histogram_buckets_are_le() -> None:
+    h = Histogram()
+    h.add([BOUNDS[0], BOUNDS[0] * 1.01, 1e9], zeros=2)
+    cumulative = h.cumulative()
+    assert cumulative[0] == 3  # two zero-wait borrows and a value equal to the first bound
+    assert cumulative[1] == 4
+    assert cumulative[-2] == 4 and cumulative[-1] == 5  # 1e9 only in +Inf
+    assert h.count == 5
+    assert h.sum == pytest.approx(BOUNDS[0] * 2.01 + 1e9)
+
+
+def test_no_timings_recorded_until_an_exporter_attaches(dsn: str) -> None:
+    p = dropin.ThreadedConnectionPool(1, 2, dsn)
+    try:
+        p.putconn(p.getconn())
+        engine = p._engine
+        assert engine.timings is None and engine.use_times is None
+    finally:
+        p.closeall()
+
+
+# -- the drop-in's stats() and lent() ---------------------------------------------------------
+
+
+def test_dropin_stats_count_what_happened(dsn: str) -> None:
+    p = dropin.ThreadedConnectionPool(1, 2, dsn)
+    try:
+        a = p.getconn()
+        b = p.getconn()
+        with pytest.raises(dropin.PoolError, match="exhausted"):
+            p.getconn()
+        stats = p.stats()
+        assert stats["pool_min"] == 1 and stats["pool_max"] == 2
+        assert stats["pool_size"] == 2 and stats["pool_available"] == 0
+        assert stats["connections_in_use"] == 2
+        assert stats["requests_errors"] == stats["requests_timeouts"] == 1
+        assert stats["connections_num"] == 2 and stats["connections_errors"] == 0
+        p.putconn(a)
+        p.putconn(b, close=True)
+        stats = p.stats()
+        assert stats["connections_in_use"] == 0 and stats["pool_available"] == 1
+        # The keys it shares with ConnectionPool.stats() mean the same there.
+        with psycopool.ConnectionPool(dsn, min_size=1, max_size=2) as modern:
+            shared = set(stats) - {"requests_timeouts"}
+            assert shared <= set(modern.stats())
+    finally:
+        p.closeall()
+
+
+def test_dropin_lent_says_how_long_and_under_which_key(dsn: str) -> None:
+    clock = FakeClock()
+
+    class Pool(dropin.ThreadedConnectionPool):
+        pass
+
+    Pool.clock = staticmethod(clock)  # type: ignore[method-assign]
+    p = Pool(0, 3, dsn)
+    try:
+        p.getconn("first")
+        clock.advance(5.0)
+        p.getconn("second")
+        clock.advance(1.5)
+        loans = p.lent()
+        assert [(loan.key, loan.held) for loan in loans] == [("first", 6.5), ("second", 1.5)]
+        assert loans[0].stack is None
+    finally:
+        p.closeall()
+
+
+# -- Prometheus ---------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def scrape() -> Iterator[Any]:
+    """``scrape(registry)``: serve ``registry`` on a loopback port, GET /metrics, parse it."""
+    from prometheus_client import start_http_server
+    from prometheus_client.parser import text_string_to_metric_families
+
+    servers = []
+
+    def do_scrape(registry: Any) -> dict[str, Any]:
+        if not servers:
+            port = _free_port()
+            servers.append((start_http_server(port, addr="127.0.0.1", registry=registry), port))
+        port = servers[0][1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return {f.name: f for f in text_string_to_metric_families(text)}
+
+    yield do_scrape
+    for (server, thread), _port in servers:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _sample(families: dict[str, Any], family: str, sample: str, **labels: str) -> float:
+    for s in families[family].samples:
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+            return float(s.value)
+    raise AssertionError(f"no {sample}{labels} in {family}")
+
+
+def test_prometheus_scrape_of_a_dropin(dsn: str, scrape: Any) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from psycopool.metrics.prometheus import register
+
+    registry = CollectorRegistry()
+    p = dropin.ThreadedConnectionPool(1, 2, dsn)
+    try:
+        register(p, name="legacy", registry=registry)
+        for _ in range(5):
+            conn = p.getconn()
+            time.sleep(0.003)
+            p.putconn(conn)
+        held = p.getconn()
+        p.getconn()
+        with pytest.raises(dropin.PoolError):
+            p.getconn()
+        families = scrape(registry)
+        pool = {"pool": "legacy"}
+        assert (
+            _sample(
+                families, "psycopool_connections_in_use", "psycopool_connections_in_use", **pool
+            )
+            == 2
+        )
+        assert _sample(families, "psycopool_pool_max", "psycopool_pool_max", **pool) == 2
+        assert (
+            _sample(
+                families, "psycopool_requests_timeouts", "psycopool_requests_timeouts_total", **pool
+            )
+            == 1
+        )
+        # 7 borrows, none waited: all in the first wait bucket. 5 returns, each held >= 3 ms.
+        assert (
+            _sample(families, "psycopool_wait_seconds", "psycopool_wait_seconds_count", **pool) == 7
+        )
+        assert (
+            _sample(
+                families,
+                "psycopool_wait_seconds",
+                "psycopool_wait_seconds_bucket",
+                le="0.0001",
+                **pool,
+            )
+            == 7
+        )
+        assert (
+            _sample(families, "psycopool_use_seconds", "psycopool_use_seconds_count", **pool) == 5
+        )
+        assert (
+            _sample(
+                families,
+                "psycopool_use_seconds",
+                "psycopool_use_seconds_bucket",
+                le="0.0025",
+                **pool,
+            )
+            == 0
+        )
+        assert (
+            _sample(families, "psycopool_use_seconds", "psycopool_use_seconds_sum", **pool) >= 0.015
+        )
+        assert (
+            _sample(
+                families, "psycopool_longest_loan_seconds", "psycopool_longest_loan_seconds", **pool
+            )
+            > 0
+        )
+        p.putconn(held)
+        families = scrape(registry)
+        assert (
+            _sample(families, "psycopool_use_seconds", "psycopool_use_seconds_count", **pool) == 6
+        )
+        assert (
+            _sample(families, "psycopool_wait_seconds", "psycopool_wait_seconds_count", **pool) == 7
+        )
+    finally:
+        p.closeall()
