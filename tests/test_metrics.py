@@ -222,3 +222,97 @@ def test_prometheus_scrape_of_a_dropin(dsn: str, scrape: Any) -> None:
         )
     finally:
         p.closeall()
+
+
+# -- OpenTelemetry ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def otel() -> Iterator[Any]:
+    """``(provider, read)``: a MeterProvider with an InMemoryMetricReader; ``read()`` collects."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+
+    def read() -> dict[str, Any]:
+        data = reader.get_metrics_data()
+        assert data is not None
+        return {
+            m.name: m
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            if sm.scope.name == "psycopool"
+            for m in sm.metrics
+        }
+
+    yield provider, read
+    provider.shutdown()
+
+
+def _point(metric: Any, **attributes: str) -> Any:
+    for point in metric.data.data_points:
+        if all(point.attributes.get(k) == v for k, v in attributes.items()):
+            return point
+    raise AssertionError(f"no point with {attributes} in {metric.name}")
+
+
+#: The conventions' instruments: name -> (OTel data type, monotonic, unit).
+SEMCONV = {
+    "db.client.connection.count": ("Sum", False, "{connection}"),
+    "db.client.connection.idle.max": ("Sum", False, "{connection}"),
+    "db.client.connection.idle.min": ("Sum", False, "{connection}"),
+    "db.client.connection.max": ("Sum", False, "{connection}"),
+    "db.client.connection.pending_requests": ("Sum", False, "{request}"),
+    "db.client.connection.timeouts": ("Sum", True, "{timeout}"),
+    "db.client.connection.create_time": ("Histogram", None, "s"),
+    "db.client.connection.wait_time": ("Histogram", None, "s"),
+    "db.client.connection.use_time": ("Histogram", None, "s"),
+}
+
+
+def test_otel_instruments_are_the_conventions(dsn: str, otel: Any) -> None:
+    from psycopool.metrics.otel import instrument
+
+    provider, read = otel
+    p = dropin.ThreadedConnectionPool(2, 3, dsn)
+    try:
+        instrument(p, meter_provider=provider, name="legacy")
+        conns = [p.getconn() for _ in range(3)]  # 2 idle ones, then one opened
+        time.sleep(0.002)
+        p.putconn(conns.pop())
+        with pytest.raises(dropin.PoolError, match="exhausted"):
+            p.getconn()
+            p.getconn()
+        metrics = read()
+        for name, (kind, monotonic, unit) in SEMCONV.items():
+            metric = metrics[name]
+            assert type(metric.data).__name__ == kind, name
+            assert metric.unit == unit, name
+            if monotonic is not None:
+                assert metric.data.is_monotonic is monotonic, name
+            for point in metric.data.data_points:
+                assert point.attributes["db.client.connection.pool.name"] == "legacy"
+        count = metrics["db.client.connection.count"]
+        assert _point(count, **{"db.client.connection.state": "idle"}).value == 0
+        assert _point(count, **{"db.client.connection.state": "used"}).value == 3
+        assert _point(metrics["db.client.connection.max"]).value == 3
+        assert _point(metrics["db.client.connection.idle.min"]).value == 2
+        assert _point(metrics["db.client.connection.idle.max"]).value == 2  # psycopg2's rule
+        assert _point(metrics["db.client.connection.pending_requests"]).value == 0
+        assert _point(metrics["db.client.connection.timeouts"]).value == 1
+        assert _point(metrics["db.client.connection.create_time"]).count == 1
+        wait = _point(metrics["db.client.connection.wait_time"])
+        assert wait.count == 4 and wait.bucket_counts[0] == 4  # none waited
+        assert list(wait.explicit_bounds) == list(BOUNDS)
+        use = _point(metrics["db.client.connection.use_time"])
+        assert use.count == 1 and use.sum >= 0.002
+        for conn in conns:
+            p.putconn(conn)
+        metrics = read()
+        assert _point(metrics["db.client.connection.use_time"]).count == 3
+        assert _point(metrics["db.client.connection.wait_time"]).count == 4
+        assert _point(metrics["psycopool.connection.longest_use"]).value > 0  # the 4th borrow
+    finally:
+        p.closeall()

@@ -93,12 +93,14 @@ class Waiter:
     queue in the same FIFO and get connections through one code path.
     """
 
-    __slots__ = ("entry", "error", "event")
+    __slots__ = ("entry", "error", "event", "since")
 
     def __init__(self) -> None:
         self.entry: PooledConnection | None = None
         self.error: BaseException | None = None
         self.event = threading.Event()
+        #: When it started waiting (real time: waits are never on a fake clock).
+        self.since = time.monotonic()
 
     def hand(self, entry: PooledConnection) -> bool:
         """Give ``entry`` to this waiter; False if it has stopped waiting. Lock held."""
@@ -125,6 +127,7 @@ class FutureWaiter(Waiter):
         self.entry = None
         self.error = None
         self.future = future
+        self.since = time.monotonic()
 
     def hand(self, entry: PooledConnection) -> bool:
         if self.future.done():
@@ -186,7 +189,7 @@ class Engine:
         self.name = "pool"
         #: Set by psycopool.metrics (see _timings.py); while None nothing is recorded.
         #: Front doors append, under the lock: each returned connection's use time
-        #: (seconds) to ``use_times``, each borrow that waited its wait to ``wait_times``.
+        #: (seconds) to ``use_times``; give_back_locked() records each handoff's wait.
         self.timings: Timings | None = None
         self.use_times: list[float] | None = None
         self.wait_times: list[float] | None = None
@@ -294,9 +297,12 @@ class Engine:
         while waiters:
             # A thread waiter that times out removes itself under the lock, so the
             # handoff can't be lost; a task that stopped waiting is skipped.
-            if waiters.popleft().hand(entry):
+            waiter = waiters.popleft()
+            if waiter.hand(entry):
                 self.in_use[id(entry.conn)] = entry
                 entry.borrowed_at = now
+                if self.wait_times is not None:
+                    self.wait_times.append(time.monotonic() - waiter.since)
                 return
         entry.idle_since = now
         self.idle.append(entry)
