@@ -7,10 +7,12 @@
 """
 
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from psycopool._loans import Loan
 from psycopool._pool import ConnectionPool
 
 __all__ = [
     "ConnectionPool",
+    "Loan",
     "PoolClosed",
     "PoolError",
     "PoolTimeout",

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Loan:
-    """One lent connection, as seen by :meth:`ConnectionPool.lent`."""
+    """One lent connection, as listed by ``pool.lent()``."""
 
     #: Seconds since it was borrowed.
     held: float
