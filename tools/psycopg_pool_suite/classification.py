@@ -137,8 +137,11 @@ VERDICTS: dict[str, tuple[str, str]] = {
         "`get_stats()`; and `connections_num` counts successes, psycopg_pool counts attempts"
         " (issue 8 bug 3)",
     ),
-    "test_pool.py::test_refill_on_check": ("unclassified", "needs the proxy"),
-    "test_pool.py::test_connect_check_timeout": ("unclassified", "needs the proxy"),
+    "test_pool.py::test_refill_on_check": (
+        "missing",
+        "`reconnect_timeout=` / `reconnect_failed=`; then it reads `p._pool` (private)",
+    ),
+    "test_pool.py::test_connect_check_timeout": _CHECK_CONNECTION,
     # ---- test_pool_common.py, ConnectionPool parameter -----------------------------------
     "test_pool_common.py::test_defaults[ConnectionPool]": (
         "missing",
@@ -200,7 +203,7 @@ _PATTERNS: list[tuple[re.Pattern[str], tuple[str, str]]] = [
         re.compile(r"No module named 'psycopg_pool\.(\w+)'"),
         ("private", "imports `psycopg_pool.{0}`"),
     ),
-    (re.compile(r"has no attribute '(_\w+)'"), ("private", "uses `{0}`")),
+    (re.compile(r"has no attribute '(_\w+|base)'"), ("private", "uses `{0}`")),
     (re.compile(r"has no attribute '(\w+)'"), ("missing", "`{0}`")),
     (re.compile(r"proxy didn't start"), ("environment", "the proxy did not start")),
 ]

@@ -173,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", default=os.environ.get("PSYCOPG_TEST_DSN"))
     parser.add_argument("--out", type=Path, default=Path("psycopg_pool_suite-results"))
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a results folder of earlier psycopg_pool runs: its psycopg_pool*.xml are counted"
+        " too (a test psycopg_pool passed in any run is in the baseline)",
+    )
+    parser.add_argument(
         "--no-rerun", action="store_true", help="don't give failing tests a second try"
     )
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
@@ -185,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     targets = ["psycopg_pool", "psycopool"] if args.target == "both" else [args.target]
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.baseline is not None:
+        for n, xml in enumerate(sorted(args.baseline.glob("psycopg_pool*.xml"))):
+            shutil.copy2(xml, out / f"psycopg_pool-base{n}.xml")
 
     sys.path.insert(0, str(REPO / "src"))
     with tempfile.TemporaryDirectory(prefix="psycopg-pool-suite-") as tmp:
