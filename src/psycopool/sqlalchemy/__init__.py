@@ -1,0 +1,161 @@
+"""SQLAlchemy 2 engines that draw their connections from a psycopool pool.
+
+``create_engine(url, pool)`` is SQLAlchemy's ``create_engine`` with three public options set:
+``creator`` borrows from the pool, ``poolclass=NullPool`` keeps SQLAlchemy from pooling a
+second time, and ``pool_reset_on_return=None`` leaves the reset to psycopool (rollback and
+session attributes), so nothing is reset twice. ``NullPool`` ends each checkout with the
+connection's ``close()``; the borrowed connection's ``close()`` gives it back to the pool
+instead of closing it. See ``docs/sqlalchemy.md`` for why this design and not another.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+__all__ = ["ReturningConnection", "create_engine"]
+
+logger = logging.getLogger("psycopool")
+
+#: Options create_engine() sets: passing them too is an error, not a silent override.
+_OWN_OPTIONS = ("creator", "poolclass", "pool_reset_on_return", "async_creator")
+
+
+def create_engine(url: str | sqlalchemy.URL, pool: Any, **kwargs: Any) -> Engine:
+    """A SQLAlchemy :class:`~sqlalchemy.engine.Engine` whose connections come from ``pool``.
+
+    ``pool`` is a :class:`psycopool.ConnectionPool`, or a ``psycopool.pool`` drop-in; with
+    psycopg2 its connections must be :class:`ReturningConnection`. The URL names the
+    dialect and driver (``postgresql+psycopg2://`` or ``postgresql+psycopg://``); where
+    to connect is the pool's business. ``engine.dispose()`` leaves the pool open: close
+    it yourself when the application stops.
+    """
+    given = sorted(k for k in kwargs if k in _OWN_OPTIONS)
+    if given:
+        raise TypeError(
+            f"create_engine() sets {', '.join(given)} itself: pass the other options only"
+        )
+    if not (callable(getattr(pool, "getconn", None)) and callable(getattr(pool, "putconn", None))):
+        raise TypeError(f"pool must be a psycopool pool; got {type(pool).__name__}")
+    engine = sqlalchemy.create_engine(
+        url,
+        creator=_creator(pool),
+        poolclass=NullPool,
+        pool_reset_on_return=None,
+        **kwargs,
+    )
+    event.listen(engine, "invalidate", _discard_on_invalidate)
+    return engine
+
+
+def _creator(pool: Any) -> Callable[[], Any]:
+    def borrow() -> Any:
+        conn = pool.getconn()
+        try:
+            _give_back_on_close(conn, pool)
+        except BaseException:
+            pool.putconn(conn)
+            raise
+        return conn
+
+    return borrow
+
+
+def _give_back_on_close(conn: Any, pool: Any) -> None:
+    """Make ``conn.close()`` return ``conn`` to ``pool``, once."""
+    module = type(conn).__module__.split(".")[0]
+    if module == "psycopg":
+        # psycopg 3.3's close() hands a connection to ``conn._pool.putconn()`` when that
+        # object says ``close_returns``: psycopg_pool's own protocol.
+        if not _psycopg_has_close_returns():
+            raise TypeError("psycopool.sqlalchemy needs psycopg >= 3.3 (close() returning)")
+        if getattr(conn, "_psycopool_sqlalchemy", False):
+            _forget_dialect_notice_handler(conn)
+        conn._psycopool_sqlalchemy = True
+        conn._pool = _GiveBack(pool)
+        return
+    if "psycopg2" in sys.modules:  # else conn can't be a psycopg2 connection
+        from psycopool.sqlalchemy._psycopg2 import ReturningConnection
+
+        if isinstance(conn, ReturningConnection):
+            conn._psycopool_give_back = _GiveBack(pool).putconn
+            return
+    raise TypeError(
+        f"psycopool.sqlalchemy can't return a {type(conn).__module__}.{type(conn).__name__}"
+        " to its pool when SQLAlchemy closes it: create the pool with"
+        " driver=psycopool.sqlalchemy.ReturningConnection (or, for the psycopool.pool"
+        " drop-in, connection_factory=psycopool.sqlalchemy.ReturningConnection)"
+    )
+
+
+def _psycopg_has_close_returns() -> bool:
+    import psycopg
+
+    major, minor = (int(part) for part in psycopg.__version__.split(".")[:2])
+    return (major, minor) >= (3, 3)
+
+
+class _GiveBack:
+    """What a lent connection's ``close()`` calls: back to the pool, and only once."""
+
+    __slots__ = ("pool",)
+    close_returns = True  # read by psycopg 3's Connection.close()
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def putconn(self, conn: Any) -> None:
+        if getattr(conn, "_pool", None) is self:
+            conn._pool = None  # from now on close() closes (the pool may discard it)
+        self.pool.putconn(conn)
+
+
+def _discard_on_invalidate(dbapi_connection: Any, record: Any, exc: BaseException | None) -> None:
+    """SQLAlchemy invalidated the connection: close it for real, then give its slot back."""
+    conn = dbapi_connection
+    give_back: Callable[[Any], None] | None = None
+    lender = getattr(conn, "_pool", None)
+    if isinstance(lender, _GiveBack):
+        conn._pool = None
+        give_back = lender.pool.putconn
+    elif getattr(conn, "_psycopool_give_back", None) is not None:
+        give_back, conn._psycopool_give_back = conn._psycopool_give_back, None
+    if give_back is None:
+        return
+    try:
+        conn.close()  # a real close now: the pool sees a closed connection and drops it
+    except Exception:
+        pass
+    give_back(conn)
+
+
+def _forget_dialect_notice_handler(conn: Any) -> None:
+    """SQLAlchemy's psycopg dialect adds a notice handler to every connection it is given;
+    a pooled connection is given again at every checkout: keep one, not one per checkout."""
+    try:
+        from sqlalchemy.dialects.postgresql import psycopg as dialect
+    except ImportError:  # pragma: no cover - depends on SQLAlchemy's layout
+        return
+    handler = getattr(dialect, "_log_notices", None)
+    if handler is None:
+        return
+    try:
+        conn.remove_notice_handler(handler)
+    except ValueError:
+        pass
+
+
+def __getattr__(name: str) -> Any:
+    # ReturningConnection needs psycopg2: imported only when asked for.
+    if name == "ReturningConnection":
+        from psycopool.sqlalchemy._psycopg2 import ReturningConnection
+
+        return ReturningConnection
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
