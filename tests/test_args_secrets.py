@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from typing import Any
 
 import psycopg
@@ -19,7 +20,7 @@ import psycopg2
 import pytest
 from _dropin import both_pools
 
-from psycopool import ConnectionPool, PoolTimeout, pool
+from psycopool import ConnectionPool, PoolClosed, PoolTimeout, pool
 from psycopool._drivers import hide_password
 
 DRIVERS = ["psycopg2", "psycopg"]
@@ -90,6 +91,16 @@ def test_dropin_conninfo_as_minconn_or_maxconn_is_masked(pool_cls: type[Any]) ->
     with pytest.raises(ValueError) as info:
         pool_cls(1, dsn)
     assert "maxconn" in str(info.value)
+    _assert_hidden(str(info.value))
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("argument", ["min_size", "max_size", "timeout", "max_waiting", "kwargs"])
+def test_modern_conninfo_as_another_argument_is_masked(driver: str, argument: str) -> None:
+    dsn = _dsn_with_password()
+    with pytest.raises((TypeError, ValueError)) as info:
+        ConnectionPool(dsn, open=False, driver=driver, **{argument: dsn})
+    assert argument in str(info.value)
     _assert_hidden(str(info.value))
 
 
@@ -177,6 +188,75 @@ def test_driver_connect_error_is_masked_and_unchained(driver: str) -> None:
 
 
 # -- loose argument checks -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "words"),
+    [
+        ({"min_size": 10**20}, ValueError, ["min_size", str(10**20)]),
+        ({"min_size": 1, "max_size": 10**20}, ValueError, ["max_size", str(10**20)]),
+        ({"max_waiting": True}, TypeError, ["max_waiting", "True"]),
+        ({"max_waiting": "3"}, TypeError, ["max_waiting", "'3'"]),
+        ({"max_waiting": float("inf")}, TypeError, ["max_waiting", "inf"]),
+        ({"max_waiting": 2.0}, TypeError, ["max_waiting", "2.0"]),
+        ({"timeout": float("inf")}, ValueError, ["timeout", "inf"]),
+        ({"timeout": 1e10}, ValueError, ["timeout", "10000000000.0"]),
+        ({"timeout": 10**400}, ValueError, ["timeout"]),
+        ({"timeout": float("nan")}, ValueError, ["timeout", "nan"]),
+        ({"max_idle": float("inf")}, ValueError, ["max_idle", "inf", "None"]),
+        ({"max_lifetime": 1e300}, ValueError, ["max_lifetime"]),
+    ],
+)
+def test_modern_loose_arguments_are_refused(
+    driver: str, kwargs: dict[str, Any], exc: type[Exception], words: list[str]
+) -> None:
+    with pytest.raises(exc) as info:
+        ConnectionPool("", open=False, driver=driver, **kwargs)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_modern_bad_waits_are_refused_before_waiting(
+    driver: str, dsn: str, pg_server: Any, app_name: str
+) -> None:
+    with ConnectionPool(dsn, min_size=1, max_size=1, driver=driver) as p:
+        p.wait(timeout=10)
+        held = p.getconn()  # the next getconn would have to wait
+        try:
+            for bad in (float("inf"), 1e10, float("nan"), 0.0, -1.0):
+                with pytest.raises(ValueError, match="timeout"):
+                    p.getconn(timeout=bad)
+                with pytest.raises(ValueError, match="timeout"):
+                    p.wait(timeout=bad)
+            with pytest.raises(ValueError, match="timeout"):
+                p.close(timeout=float("inf"))
+            assert not p.closed
+            stats = p.stats()
+            assert stats["requests_waiting"] == 0 and stats["connections_in_use"] == 1
+        finally:
+            p.putconn(held)
+    assert pg_server.wait_count(app_name, 0) == 0
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("sizes", [(10**20, None), (1, 10**20), (2, 2**18)])
+def test_modern_resize_refuses_impossible_sizes(driver: str, dsn: str, sizes: Any) -> None:
+    with ConnectionPool(dsn, min_size=0, max_size=2, driver=driver) as p:
+        with pytest.raises(ValueError, match="size"):
+            p.resize(*sizes)
+        assert p.max_size == 2 and p.min_size == 0
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_modern_wait_before_open_fails_at_once(driver: str, dsn: str) -> None:
+    p = ConnectionPool(dsn, min_size=1, driver=driver, open=False)
+    started = time.monotonic()
+    with pytest.raises(PoolClosed, match="open"):
+        p.wait(timeout=5)
+    assert time.monotonic() - started < 2.5  # not the whole timeout
+    p.close()
 
 
 @both_pools

@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal
 
-from psycopool._args import as_count, as_seconds
+from psycopool._args import as_count, as_seconds, as_timeout, show
+from psycopool._args import check_sizes as _check_sizes
 from psycopool._drivers import Driver, get_driver, hide_password
 from psycopool._engine import Engine, PooledConnection
 from psycopool._errors import PoolClosed, PoolError, flavoured
@@ -128,23 +129,25 @@ class BasePool(Generic[CT]):
         self.reconnect_timeout = as_seconds("reconnect_timeout", reconnect_timeout)
         if reconnect_failed is not None and not callable(reconnect_failed):
             raise TypeError(
-                f"reconnect_failed must be a callable or None; got {reconnect_failed!r}"
+                f"reconnect_failed must be a callable or None; got {show(reconnect_failed)}"
             )
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-            raise ValueError(f"num_workers must be an integer >= 1; got {num_workers!r}")
+            raise ValueError(f"num_workers must be an integer >= 1; got {show(num_workers)}")
         if not (check in ("liveness", "ping", None) or callable(check)):
-            raise ValueError(f"check must be 'liveness', 'ping', None or a callable; got {check!r}")
+            raise ValueError(
+                f"check must be 'liveness', 'ping', None or a callable; got {show(check)}"
+            )
         if not (reset in ("rollback", "discard", None) or callable(reset)):
             raise ValueError(
-                f"reset must be 'rollback', 'discard', None or a callable; got {reset!r}"
+                f"reset must be 'rollback', 'discard', None or a callable; got {show(reset)}"
             )
         if configure is not None and not callable(configure):
-            raise TypeError(f"configure must be a callable or None; got {configure!r}")
+            raise TypeError(f"configure must be a callable or None; got {show(configure)}")
         if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a string or None; got {name!r}")
+            raise TypeError(f"name must be a string or None; got {show(name)}")
         if connection_class is not None:
             if not isinstance(connection_class, type):
-                raise TypeError(f"connection_class must be a class; got {connection_class!r}")
+                raise TypeError(f"connection_class must be a class; got {show(connection_class)}")
             driver = connection_class  # its driver connects with it (psycopg 3 or psycopg2)
         self.name = name or f"pool-{next(_names)}"
         #: None, "session" or "transaction": what sits between the pool and the server.
@@ -388,26 +391,6 @@ class BasePool(Generic[CT]):
         )
 
 
-def _check_sizes(min_size: Any, max_size: Any) -> tuple[int, int]:
-    if isinstance(min_size, bool) or not isinstance(min_size, int):
-        raise TypeError(f"min_size must be an integer; got {min_size!r}")
-    if min_size < 0:
-        raise ValueError(f"min_size must be >= 0; got {min_size!r}")
-    if max_size is None:
-        max_size = min_size
-    elif isinstance(max_size, bool) or not isinstance(max_size, int):
-        raise TypeError(f"max_size must be an integer or None; got {max_size!r}")
-    if max_size < 1:
-        raise ValueError(f"max_size must be >= 1; got max_size={max_size!r}")
-    if max_size < min_size:
-        raise ValueError(
-            f"max_size must be >= min_size; got min_size={min_size!r}, max_size={max_size!r}"
-        )
-    return min_size, max_size
-
-
 def positive(name: str, value: Any) -> float:
     """A duration > 0 seconds (not None)."""
-    seconds = as_seconds(name, value, allow_none=False, allow_zero=False)
-    assert seconds is not None
-    return seconds
+    return as_timeout(name, value)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
-from psycopool._args import as_seconds
+from psycopool._args import MAX_SECONDS, as_timeout
 from psycopool._base import (
     CT,
     DEFAULT_NUM_WORKERS,
@@ -166,8 +166,8 @@ class ConnectionPool(BasePool[CT]):
                 ready = len(engine.idle) + len(engine.in_use) >= self.min_size
             if ready:
                 return
-            if self._closed:
-                raise self._err(PoolClosed, f"pool {self.name!r} is closed")
+            if not self._usable:  # closed, or never opened: nothing will come
+                raise self._closed_error()
             if time.monotonic() >= deadline:
                 raise self._err(
                     PoolTimeout,
@@ -183,7 +183,7 @@ class ConnectionPool(BasePool[CT]):
         come back; those still out after ``timeout`` seconds are closed then,
         so no connection is left open on the server.
         """
-        timeout = as_seconds("timeout", timeout, allow_none=False) or 0.0
+        timeout = as_timeout("timeout", timeout, allow_zero=True)
         engine = self._engine
         with engine.lock:
             if self._closed:
@@ -259,7 +259,7 @@ class ConnectionPool(BasePool[CT]):
         """
         if timeout is None:
             timeout = self.timeout
-        elif type(timeout) is not float or not timeout > 0.0:  # checked in full only if unusual
+        elif type(timeout) is not float or not 0.0 < timeout <= MAX_SECONDS:  # else checked in full
             timeout = positive("timeout", timeout)
         engine = self._engine
         lock = engine.lock
