@@ -293,6 +293,12 @@ class Engine:
 
         The caller has already removed it from ``in_use`` or ``pending``.
         """
+        if not (self.waiters and self.hand_locked(entry, now)):
+            entry.idle_since = now
+            self.idle.append(entry)
+
+    def hand_locked(self, entry: PooledConnection, now: float) -> bool:
+        """Hand a clean connection to the oldest waiter still waiting; False if none. Lock held."""
         waiters = self.waiters
         while waiters:
             # A thread waiter that times out removes itself under the lock, so the
@@ -303,9 +309,8 @@ class Engine:
                 entry.borrowed_at = now
                 if self.wait_times is not None:
                     self.wait_times.append(time.monotonic() - waiter.since)
-                return
-        entry.idle_since = now
-        self.idle.append(entry)
+                return True
+        return False
 
     def retire_locked(self, *entries: PooledConnection) -> None:
         """Count connections taken off idle, in use or pending as closing. Lock held.

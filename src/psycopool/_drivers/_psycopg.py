@@ -46,16 +46,16 @@ class PsycopgInspector(Driver):
         return (conn.autocommit, conn.isolation_level, conn.read_only, conn.deferrable)
 
     def is_clean(self, conn: Any, state: SessionState) -> bool:
-        return (
-            conn.pgconn.transaction_status == IDLE
-            and (
-                conn.autocommit,
-                conn.isolation_level,
-                conn.read_only,
-                conn.deferrable,
-            )
-            == state
-        )
+        # The fields behind the public properties, read directly: this runs on
+        # every return and the four property calls cost more than the rest of
+        # the return. If psycopg renames them, the properties are used instead.
+        if conn.pgconn.transaction_status != IDLE:
+            return False
+        try:
+            current = (conn._autocommit, conn._isolation_level, conn._read_only, conn._deferrable)
+        except AttributeError:  # pragma: no cover - a future psycopg
+            current = self.session_state(conn)
+        return current == state
 
 
 class PsycopgDriver(PsycopgInspector):
