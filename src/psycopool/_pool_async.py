@@ -37,6 +37,7 @@ from psycopool._drivers import IDLE, INTRANS, get_async_driver
 from psycopool._engine import FutureWaiter, PooledConnection
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from psycopool._health import RECENTLY_USED, aping, is_alive
+from psycopool._pooler import Pooler, connect_kwargs
 from psycopool._reset import aclean
 from psycopool._upkeep_async import AsyncUpkeep, weak_method
 
@@ -74,6 +75,7 @@ class AsyncConnectionPool(BasePool[CT]):
         reconnect_timeout: float | None = 300.0,
         reconnect_failed: Callable[[Any], object] | None = None,
         num_workers: int = DEFAULT_NUM_WORKERS,
+        pooler: Pooler = None,
         open: bool = False,
     ) -> None:
         # Checked here: BasePool knows the sync drivers only.
@@ -96,6 +98,7 @@ class AsyncConnectionPool(BasePool[CT]):
             reconnect_timeout=reconnect_timeout,
             reconnect_failed=reconnect_failed,
             num_workers=num_workers,
+            pooler=pooler,
         )
         self.connection_class = connection_class
         self._driver = self._adriver = driver
@@ -146,7 +149,7 @@ class AsyncConnectionPool(BasePool[CT]):
         if "connect_timeout" not in kwargs and "connect_timeout" not in conninfo:
             kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
         driver = self._adriver
-        conn = await driver.aconnect(conninfo, kwargs)
+        conn = await driver.aconnect(conninfo, connect_kwargs(self.pooler, driver.name, kwargs))
         if self._configure is not None:
             try:
                 await _maybe_await(self._configure(conn))
