@@ -24,8 +24,8 @@ def run_on(loop_kind: str, main: Callable[[], Awaitable[Any]], timeout: float = 
     return asyncio.run(bounded())
 
 
-@pytest.fixture(params=LOOPS)
-def arun(request: pytest.FixtureRequest) -> Callable[..., Any]:
+@pytest.fixture(params=LOOPS, name="arun")
+def arun_fixture(request: pytest.FixtureRequest) -> Callable[..., Any]:
     """``arun(main, timeout=30)``: run the coroutine function ``main`` on asyncio, then uvloop."""
     kind = request.param
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from _async import arun, scalar, until  # noqa: F401  (arun is a fixture)
+from _async import arun_fixture, scalar, until  # noqa: F401  (the arun fixture)
 
 from psycopool import AsyncConnectionPool, PoolClosed, PoolError, PoolTimeout, TooManyRequests
 
