@@ -48,6 +48,22 @@ def load_target(out: Path, target: str, flaky: list[str]) -> dict[str, tuple[str
     return results
 
 
+def pool_class(test_id: str) -> str:
+    """The pool class a test exercises: from its file, or its parameter in the common files."""
+    for cls in ("AsyncNullConnectionPool", "AsyncConnectionPool", "NullConnectionPool"):
+        if f"-{cls}" in test_id or f"[{cls}" in test_id:
+            return cls
+    if "[" in test_id and "ConnectionPool" in test_id.split("[", 1)[1]:
+        return "ConnectionPool"
+    name = test_id.split("::")[0]
+    return {
+        "test_pool.py": "ConnectionPool",
+        "test_pool_null.py": "NullConnectionPool",
+        "test_pool_async.py": "AsyncConnectionPool",
+        "test_pool_null_async.py": "AsyncNullConnectionPool",
+    }.get(name, "?")
+
+
 def summarize(out: Path) -> str:
     flaky: list[str] = []
     base = load_target(out, "psycopg_pool", flaky)
@@ -86,6 +102,18 @@ def summarize(out: Path) -> str:
     lines.append(
         f"| **total** | {totals['tests']} | {totals['good']} | {totals['ok']} | {totals['bad']} |"
     )
+    lines.append("")
+    lines.append("| class under test | pass on psycopg_pool | of those, pass on psycopool | fail |")
+    lines.append("|---|---:|---:|---:|")
+    for cls in (
+        "ConnectionPool",
+        "NullConnectionPool",
+        "AsyncConnectionPool",
+        "AsyncNullConnectionPool",
+    ):
+        good = [t for t in base if base[t][0] == "passed" and pool_class(t) == cls]
+        ok = [t for t in good if ours.get(t, ("",))[0] == "passed"]
+        lines.append(f"| {cls} | {len(good)} | {len(ok)} | {len(good) - len(ok)} |")
     lines.append("")
     lines.append("| file | " + " | ".join(CATEGORIES) + " |")
     lines.append("|---|" + "---:|" * len(CATEGORIES))
