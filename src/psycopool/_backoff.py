@@ -14,6 +14,10 @@ from collections.abc import Callable
 BACKOFF_FIRST = 0.1
 BACKOFF_FACTOR = 2.0
 BACKOFF_MAX = 5.0
+#: The ceiling while borrowers are waiting: a failover's new primary is found within about
+#: this long of its promotion, at a bounded rate of attempts (one connector: at most
+#: 1 / (0.9 * 0.15) = 7.4 a second per pool, against up to 5 s between them when idle).
+BACKOFF_WAITING_MAX = 0.15
 
 
 class Backoff:
@@ -40,16 +44,19 @@ class Backoff:
         #: True once the current run of failures outlasted reconnect_timeout.
         self.gave_up = False
 
-    def failed(self, now: float) -> tuple[float, bool]:
+    def failed(self, now: float, *, waiting: bool = False) -> tuple[float, bool]:
         """Record a failed attempt at ``now``: (delay before the next, just gave up).
 
         "Just gave up" is true exactly once per run of failures: the moment to
-        call ``reconnect_failed``.
+        call ``reconnect_failed``. ``waiting``: borrowers are waiting for a
+        connection, so the delay is at most ``BACKOFF_WAITING_MAX``.
         """
         self.failures += 1
         if self.failures == 1:
             self.first_failure = now
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * BACKOFF_FACTOR ** min(self.failures - 1, 64))
+        if waiting:
+            delay = min(delay, BACKOFF_WAITING_MAX)
         delay *= self._jitter(0.9, 1.1)
         give_up = False
         timeout = self.reconnect_timeout

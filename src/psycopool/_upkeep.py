@@ -22,7 +22,7 @@ import time
 import weakref
 from collections.abc import Callable
 
-from psycopool._backoff import Backoff
+from psycopool._backoff import BACKOFF_WAITING_MAX, Backoff
 from psycopool._base import Settings
 from psycopool._drivers import hide_password
 from psycopool._engine import Engine, PooledConnection
@@ -156,7 +156,7 @@ class Upkeep:
                 entry = engine.open_connection()
             except Exception as exc:
                 delay = self._failed(exc)
-                if self._stop.wait(delay):
+                if self._pause(delay):
                     with engine.lock:
                         self._connecting -= 1
                     return
@@ -182,11 +182,30 @@ class Upkeep:
             if not kept:
                 engine.close_one(entry)
 
+    def _pause(self, delay: float) -> bool:
+        """Sleep ``delay`` before the next attempt; True if the pool is stopping.
+
+        A borrower that starts waiting during a long delay (the pool was idle when the
+        server went away) cuts it to ``BACKOFF_WAITING_MAX``: it is noticed within that.
+        """
+        start = time.monotonic()
+        deadline = start + delay
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            if self._engine.waiters and now - start >= BACKOFF_WAITING_MAX:
+                return False
+            if self._stop.wait(min(deadline - now, BACKOFF_WAITING_MAX)):
+                return True
+
     def _failed(self, exc: Exception) -> float:
         """Record a failed attempt; return how long to wait before the next."""
         engine = self._engine
         with engine.lock:
-            delay, gave_up = self._backoff.failed(time.monotonic())  # real time, as waits
+            waiting = bool(engine.waiters)
+            # Real time, as waits.
+            delay, gave_up = self._backoff.failed(time.monotonic(), waiting=waiting)
             failures = self._backoff.failures
         message = hide_password(str(exc).strip()) or type(exc).__name__
         engine.last_connect_error = message
