@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -316,3 +317,177 @@ def test_otel_instruments_are_the_conventions(dsn: str, otel: Any) -> None:
         assert _point(metrics["psycopool.connection.longest_use"]).value > 0  # the 4th borrow
     finally:
         p.closeall()
+
+
+# -- the modern pool: waits, timeouts, who holds the connections ---------------------------------
+
+
+def _hold_for(p: psycopool.ConnectionPool, seconds: float, ready: threading.Event) -> None:
+    """Borrow a connection in a thread named 'holder', keep it ``seconds``, return it."""
+    conn = p.getconn()
+    ready.set()
+    time.sleep(seconds)
+    p.putconn(conn)
+
+
+def _holder(p: psycopool.ConnectionPool, seconds: float) -> threading.Thread:
+    ready = threading.Event()
+    thread = threading.Thread(target=_hold_for, args=(p, seconds, ready), name="holder")
+    thread.start()
+    assert ready.wait(10)
+    return thread
+
+
+def test_pool_timeout_names_the_holder_and_its_stack(dsn: str) -> None:
+    with psycopool.ConnectionPool(dsn, min_size=1, max_size=1, leak_timeout=60.0) as p:
+        thread = _holder(p, 0.6)
+        try:
+            with pytest.raises(psycopool.PoolTimeout) as info:
+                p.getconn(timeout=0.1)
+            message = str(info.value)
+            assert "1 of 1 connections lent, the longest for" in message
+            assert "by holder" in message
+            assert "in _hold_for" in message  # the borrower's stack
+            (loan,) = p.lent()
+            assert loan.borrower == "holder" and loan.held > 0 and "_hold_for" in (loan.stack or "")
+            assert p.stats()["requests_timeouts"] == 1
+        finally:
+            thread.join(10)
+        assert p.lent() == []
+
+
+def test_pool_timeout_without_leak_tracking_says_how_to_get_the_holder(dsn: str) -> None:
+    with psycopool.ConnectionPool(dsn, min_size=1, max_size=1) as p:
+        conn = p.getconn()
+        with pytest.raises(psycopool.PoolTimeout, match=r"1 of 1 connections lent.*leak_timeout"):
+            p.getconn(timeout=0.05)
+        (loan,) = p.lent()
+        assert loan.borrower is None and loan.stack is None
+        p.putconn(conn)
+
+
+def test_otel_and_prometheus_on_a_modern_pool(dsn: str, otel: Any, scrape: Any) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from psycopool.metrics.otel import instrument
+    from psycopool.metrics.prometheus import register
+
+    provider, read = otel
+    registry = CollectorRegistry()
+    with psycopool.ConnectionPool(dsn, min_size=1, max_size=1, name="modern") as p:
+        p.wait()
+        instrument(p, meter_provider=provider)
+        register(p, registry=registry)
+        for _ in range(3):
+            with p.connection():
+                pass
+        thread = _holder(p, 0.4)
+        try:
+            with pytest.raises(psycopool.PoolTimeout):
+                p.getconn(timeout=0.05)
+            waiter_done = threading.Event()
+            waited = threading.Thread(
+                target=lambda: (p.putconn(p.getconn(timeout=10)), waiter_done.set())
+            )
+            waited.start()
+            deadline = time.monotonic() + 5
+            while not p.stats()["requests_waiting"] and time.monotonic() < deadline:
+                time.sleep(0.005)
+            metrics = read()
+            assert _point(metrics["db.client.connection.pending_requests"]).value == 1
+            assert _point(metrics["db.client.connection.timeouts"]).value == 1
+            assert _point(metrics["psycopool.connection.longest_use"]).value > 0
+        finally:
+            thread.join(10)
+            waited.join(10)
+        assert waiter_done.is_set()
+        # 5 borrows: 3 + the holder's immediate, 1 that waited ~0.3 s; the timeout is no borrow.
+        metrics = read()
+        wait = _point(metrics["db.client.connection.wait_time"])
+        assert wait.count == 5
+        assert wait.bucket_counts[0] == 4
+        assert wait.max >= 0.1 and 0.1 <= wait.sum < 10
+        use = _point(metrics["db.client.connection.use_time"])
+        assert use.count == 5 and use.max >= 0.3
+        families = scrape(registry)
+        pool = {"pool": "modern"}
+        assert (
+            _sample(families, "psycopool_wait_seconds", "psycopool_wait_seconds_count", **pool) == 5
+        )
+        assert (
+            _sample(
+                families,
+                "psycopool_wait_seconds",
+                "psycopool_wait_seconds_bucket",
+                le="0.1",
+                **pool,
+            )
+            == 4
+        )
+        assert (
+            _sample(families, "psycopool_use_seconds", "psycopool_use_seconds_count", **pool) == 5
+        )
+        assert (
+            _sample(families, "psycopool_requests_num", "psycopool_requests_num_total", **pool) == 6
+        )
+        assert (
+            _sample(
+                families, "psycopool_requests_timeouts", "psycopool_requests_timeouts_total", **pool
+            )
+            == 1
+        )
+        assert (
+            _sample(
+                families, "psycopool_longest_loan_seconds", "psycopool_longest_loan_seconds", **pool
+            )
+            == 0
+        )
+
+
+# -- logging -------------------------------------------------------------------------------------
+
+
+def test_log_lines_levels_reasons_and_no_password(
+    dsn: str, pg_server: Any, app_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    password = "s3cr3t-pw-never-logged"
+    port = _free_port()  # nothing listens there
+    attempts = []
+
+    def kwargs() -> dict[str, Any]:
+        attempts.append(1)
+        return (
+            {"port": port, "password": password} if len(attempts) <= 2 else {"password": password}
+        )
+
+    caplog.set_level("DEBUG", logger="psycopool")
+    with psycopool.ConnectionPool(dsn, kwargs=kwargs, min_size=1, max_size=1, name="logged") as p:
+        p.wait(timeout=20)
+        # Dead: the server ends the idle connection; the next borrow discards it.
+        pg_server.terminate(app_name)
+        # Failed reset: ended mid-transaction while lent; the return's rollback fails.
+        conn = p.getconn(timeout=20)
+        conn.cursor().execute("SELECT 1")
+        pg_server.terminate(app_name)
+        p.putconn(conn)
+        # A slow wait.
+        p.log_waits_over = 0.05
+        thread = _holder(p, 0.3)
+        p.putconn(p.getconn(timeout=20))
+        thread.join(10)
+        p.drain()
+    records = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "psycopool"]
+    text = "\n".join(m for _, m in records)
+    assert password not in text
+    assert all("'logged'" in m for _, m in records), text
+
+    def has(level: str, fragment: str) -> bool:
+        return any(lv == level and fragment in m for lv, m in records)
+
+    assert has("WARNING", "connection attempt 1 failed"), text
+    assert has("INFO", "connected again after 2 failed attempts"), text
+    assert has("DEBUG", "opened a connection in"), text
+    assert has("INFO", "discarding 1 connection (dead)"), text
+    assert has("INFO", "discarding 1 connection (failed reset)"), text
+    assert has("WARNING", "a borrower waited"), text
+    assert has("DEBUG", "closing 1 connection (drained)"), text

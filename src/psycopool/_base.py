@@ -20,7 +20,8 @@ from psycopool._args import as_count, as_seconds, as_timeout, show
 from psycopool._args import check_sizes as _check_sizes
 from psycopool._drivers import Driver, get_driver, hide_password
 from psycopool._engine import Engine, PooledConnection
-from psycopool._errors import PoolClosed, PoolError, flavoured
+from psycopool._errors import PoolClosed, PoolError, PoolTimeout, flavoured
+from psycopool._loans import Loan, lent_locked, lent_summary
 from psycopool._pooler import Pooler, check_pooler, connect_kwargs, session_sql
 
 if TYPE_CHECKING:
@@ -166,6 +167,7 @@ class BasePool(Generic[CT]):
         self._driver: Driver = get_driver(driver)
         self._error = self._driver.OperationalError
         self._engine = self._make_engine(max_size)
+        self._engine.name = self.name
         self._settings = Settings(
             name=self.name,
             min_size=min_size,
@@ -261,7 +263,7 @@ class BasePool(Generic[CT]):
             kept = [e for e in engine.idle if e.expires_at > now]
             engine.idle.clear()
             engine.idle.extend(kept)
-            engine.retire_locked(*old)
+            engine.retire_locked(*old, reason="expired")
             chores.to_close.extend(old)
             counters["connections_recycled"] += len(old)
         if self.max_idle is not None:
@@ -271,7 +273,7 @@ class BasePool(Generic[CT]):
         if self._shrinking:  # resize() lowered max_size
             while engine.idle and engine.size - engine.closing > engine.max_size:
                 surplus = engine.idle.popleft()
-                engine.retire_locked(surplus)
+                engine.retire_locked(surplus, reason="resized")
                 chores.to_close.append(surplus)
             self._shrinking = engine.size > engine.max_size
         if check_all:
@@ -313,7 +315,7 @@ class BasePool(Generic[CT]):
             entry.expires_at = float("-inf")
         idle = list(engine.idle)
         engine.idle.clear()
-        engine.retire_locked(*idle)
+        engine.retire_locked(*idle, reason="drained")
         self._settings.counters["connections_drained"] += len(idle)
         return idle
 
@@ -364,6 +366,7 @@ class BasePool(Generic[CT]):
             "connections_errors": engine.connections_errors,
             "connections_lost": engine.connections_lost,
             "connections_in_use": len(engine.in_use),
+            "requests_timeouts": engine.timeouts,
         }
         counters = self._settings.counters
         for key in UPKEEP_COUNTERS:
@@ -379,6 +382,47 @@ class BasePool(Generic[CT]):
         if self._closed:
             return self._err(PoolClosed, f"pool {self.name!r} is closed")
         return self._err(PoolClosed, f"pool {self.name!r} is not open yet: call open()")
+
+    # -- who holds the connections -------------------------------------------
+
+    #: A borrower that waited longer than this many seconds is logged (WARNING); None: never.
+    log_waits_over: float | None = 1.0
+
+    def lent(self) -> list[Loan]:
+        """The connections lent now, longest held first: how long, by whom, from where.
+
+        Borrowers (thread or task) and their stacks are recorded with ``leak_timeout`` set.
+        """
+        return self._engine.lent()
+
+    def _timeout_error(self, timeout: float) -> PoolError:
+        """PoolTimeout saying how many are lent, the longest hold, and where it was borrowed."""
+        engine = self._engine
+        with engine.lock:
+            loans = lent_locked(engine, engine.clock())
+            max_size = engine.max_size
+        return self._err(
+            PoolTimeout,
+            f"couldn't get a connection from pool {self.name!r} after {timeout:.2f} s:"
+            f" {lent_summary(loans, max_size)}{self._last_error_hint()}",
+        )
+
+    def _log_slow_wait(self, waited: float) -> None:
+        """Log a wait over ``log_waits_over`` (call it outside the lock)."""
+        threshold = self.log_waits_over
+        if threshold is not None and waited > threshold:
+            engine = self._engine
+            with engine.lock:
+                waiting = len(engine.waiters)
+                max_size = engine.max_size
+            logger.warning(
+                "pool %r: a borrower waited %.2f s for a connection (max_size=%d, %d still"
+                " waiting; see pool.lent() for who holds them)",
+                self.name,
+                waited,
+                max_size,
+                waiting,
+            )
 
     def _last_error_hint(self) -> str:
         error = self._engine.last_connect_error

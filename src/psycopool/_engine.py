@@ -46,6 +46,7 @@ class PooledConnection:
     __slots__ = (
         "borrowed_at",
         "borrower",
+        "close_reason",
         "conn",
         "created_at",
         "epoch",
@@ -82,6 +83,8 @@ class PooledConnection:
         self.stack: str | None = None
         #: The borrowing thread's ident (or a task's name), kept when borrowers are tracked.
         self.borrower: int | str | None = None
+        #: Why it was retired, for the log line when it is closed.
+        self.close_reason: str | None = None
         self.leak_reported = False
 
 
@@ -312,35 +315,44 @@ class Engine:
                 return True
         return False
 
-    def retire_locked(self, *entries: PooledConnection) -> None:
+    def retire_locked(self, *entries: PooledConnection, reason: str | None = None) -> None:
         """Count connections taken off idle, in use or pending as closing. Lock held.
 
         They still exist on the server until :meth:`close` has closed them, so
         they keep their slot: no one can open a connection in their place before.
+        ``reason`` is logged when they are closed (see :meth:`close`).
         """
         self.closing += len(entries)
+        if reason is not None:
+            for entry in entries:
+                entry.close_reason = reason
 
     def close(self, entries: Iterable[PooledConnection], reason: str | None = None) -> None:
         """Close retired connections, then free their slots. No lock held.
 
-        ``reason`` is logged: at INFO for a connection found broken ("dead",
-        "failed check", "failed reset"), at DEBUG for routine ones ("expired",
-        "idle", "drained", "pool closed"...).
+        Each is logged with ``reason``, else the reason it was retired with: at
+        INFO for a connection found broken ("dead", "failed check", "failed
+        reset", "broken"), at DEBUG for routine ones ("expired", "idle",
+        "drained", "pool closed"...).
         """
         entries = list(entries)
         if not entries:
             return
-        if reason is not None:
-            level = logging.INFO if reason in BROKEN_REASONS else logging.DEBUG
-            if logger.isEnabledFor(level):
+        if logger.isEnabledFor(logging.INFO):
+            reasons: dict[str, int] = {}
+            for entry in entries:
+                why = reason or entry.close_reason or "closed"
+                reasons[why] = reasons.get(why, 0) + 1
+            for why, count in reasons.items():
+                level = logging.INFO if why in BROKEN_REASONS else logging.DEBUG
                 logger.log(
                     level,
                     "pool %r: %s %d connection%s (%s)",
                     self.name,
                     "discarding" if level == logging.INFO else "closing",
-                    len(entries),
-                    "" if len(entries) == 1 else "s",
-                    reason,
+                    count,
+                    "" if count == 1 else "s",
+                    why,
                 )
         for entry in entries:
             conn = entry.conn if entry.ref is None else entry.ref()
@@ -394,7 +406,7 @@ class Engine:
         while idle and staying > floor and now - idle[0].idle_since > max_idle:
             expired.append(idle.popleft())
             staying -= 1
-        self.retire_locked(*expired)
+        self.retire_locked(*expired, reason="idle")
         return expired
 
     def pop_dead_idle_locked(self) -> list[PooledConnection]:
@@ -404,7 +416,7 @@ class Engine:
         for entry in dead:
             self.idle.remove(entry)
         self.connections_lost += len(dead)
-        self.retire_locked(*dead)
+        self.retire_locked(*dead, reason="dead")
         return dead
 
     # -- closing -------------------------------------------------------------
@@ -420,7 +432,7 @@ class Engine:
         entries.extend(self.in_use.values())
         self.idle.clear()
         self.in_use.clear()
-        self.retire_locked(*entries)
+        self.retire_locked(*entries, reason="pool closed")
         while self.waiters:
             self.waiters.popleft().wake()
         return entries

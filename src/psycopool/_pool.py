@@ -14,6 +14,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from threading import get_ident
 from types import TracebackType
 from typing import Any
 
@@ -26,7 +27,7 @@ from psycopool._base import (
     ResetPolicy,
     positive,
 )
-from psycopool._drivers import IDLE, INTRANS
+from psycopool._drivers import IDLE, INTRANS, hide_password
 from psycopool._engine import PooledConnection, Waiter
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from psycopool._health import RECENTLY_USED, is_alive, ping
@@ -193,7 +194,7 @@ class ConnectionPool(BasePool[CT]):
             engine.closed = True  # connectors now close what they open
             idle = list(engine.idle)
             engine.idle.clear()
-            engine.retire_locked(*idle)
+            engine.retire_locked(*idle, reason="pool closed")
             waiters = list(engine.waiters)
             engine.waiters.clear()
         for waiter in waiters:
@@ -304,7 +305,7 @@ class ConnectionPool(BasePool[CT]):
                 conn = entry.conn
                 if is_alive(self._driver, conn, entry.fd, self._engine.watcher):
                     return self._lend(entry)
-                self._drop(entry, conn, lost=True)
+                self._drop(entry, conn, lost=True, reason="dead")
                 continue
             conn = entry.conn
             now = self.clock()
@@ -320,6 +321,7 @@ class ConnectionPool(BasePool[CT]):
                     entry.borrowed_at = now
                     if self.leak_timeout is not None:
                         entry.stack = "".join(traceback.format_stack()[:-1])
+                        entry.borrower = get_ident()
                         entry.leak_reported = False
                     return conn
                 try:
@@ -340,6 +342,7 @@ class ConnectionPool(BasePool[CT]):
         entry.borrowed_at = self.clock()
         if self.leak_timeout is not None:
             entry.stack = "".join(traceback.format_stack()[:-2])
+            entry.borrower = get_ident()
             entry.leak_reported = False
         return conn
 
@@ -357,16 +360,23 @@ class ConnectionPool(BasePool[CT]):
         try:
             policy(entry.conn)
         except Exception as exc:
-            logger.info("pool %r: check failed, discarding the connection: %s", self.name, exc)
+            logger.info("pool %r: check failed: %s", self.name, hide_password(str(exc).strip()))
             return False
         return self._driver.transaction_status(entry.conn) == IDLE
 
-    def _drop(self, entry: PooledConnection, conn: Any, *, lost: bool) -> None:
+    def _drop(
+        self, entry: PooledConnection, conn: Any, *, lost: bool, reason: str | None = None
+    ) -> None:
         """Discard a connection that failed its check or outlived max_lifetime; ask for another."""
         engine = self._engine
+        if reason is None:
+            # A check of the socket or a ping that fails means the session ended.
+            reason = (
+                ("failed check" if callable(self.check_policy) else "dead") if lost else "expired"
+            )
         with engine.lock:
             engine.in_use.pop(id(conn), None)
-            engine.retire_locked(entry)
+            engine.retire_locked(entry, reason=reason)
             if lost:
                 engine.connections_lost += 1
             else:
@@ -391,23 +401,24 @@ class ConnectionPool(BasePool[CT]):
             if handed is not None:
                 self.putconn(handed.conn)
             raise
+        waited = time.monotonic() - started
         with engine.lock:
-            self._requests_wait_ms += int((time.monotonic() - started) * 1000)
+            self._requests_wait_ms += int(waited * 1000)
             entry = waiter.entry
-            if entry is not None:
-                return entry
-            try:
-                engine.waiters.remove(waiter)
-            except ValueError:
-                pass  # the pool was closed: close() emptied the queue
-            self._requests_errors += 1
+            if entry is None:
+                try:
+                    engine.waiters.remove(waiter)
+                except ValueError:
+                    pass  # the pool was closed: close() emptied the queue
+                self._requests_errors += 1
+                if not self._closed:
+                    engine.timeouts += 1
+        if entry is not None:
+            self._log_slow_wait(waited)
+            return entry
         if self._closed:
             raise self._closed_error()
-        raise self._err(
-            PoolTimeout,
-            f"couldn't get a connection from pool {self.name!r} after {timeout:.2f} s"
-            f"{self._last_error_hint()}",
-        )
+        raise self._timeout_error(timeout)
 
     def connection(self, timeout: float | None = None) -> _Borrowed:
         """``with pool.connection() as conn:`` borrows; commits on success, rolls back on error."""
@@ -432,7 +443,11 @@ class ConnectionPool(BasePool[CT]):
                 raise self._not_lent_error(conn)
             entry.conn = conn
             now = engine.clock()
-            self._usage += now - entry.borrowed_at
+            held = now - entry.borrowed_at
+            self._usage += held
+            use_times = engine.use_times
+            if use_times is not None:  # an exporter is attached (see _timings.py)
+                use_times.append(held)
             if (
                 self._rollback_only
                 and self._usable
@@ -462,11 +477,16 @@ class ConnectionPool(BasePool[CT]):
         if ok:
             if self.reset_policy is None:
                 ok = driver.transaction_status(conn) == IDLE or clean(
-                    driver, conn, entry.state, session_sql=self._session_sql
+                    driver, conn, entry.state, session_sql=self._session_sql, name=self.name
                 )
             else:
                 ok = clean(
-                    driver, conn, entry.state, self._reset_extra, session_sql=self._session_sql
+                    driver,
+                    conn,
+                    entry.state,
+                    self._reset_extra,
+                    session_sql=self._session_sql,
+                    name=self.name,
                 )
         expired = engine.clock() >= entry.expires_at
         with engine.lock:
@@ -486,7 +506,9 @@ class ConnectionPool(BasePool[CT]):
             if keep:
                 engine.give_back_locked(entry, engine.clock())
             else:
-                engine.retire_locked(entry)
+                engine.retire_locked(
+                    entry, reason=self._return_reason(broken, ok, drained, expired)
+                )
             if not keep and ok:
                 if drained:
                     self._settings.counters["connections_drained"] += 1
@@ -496,6 +518,18 @@ class ConnectionPool(BasePool[CT]):
             engine.close_one(entry)
             if not self._closed:
                 self._upkeep.request_connections()
+
+    def _return_reason(self, broken: bool, ok: bool, drained: bool, expired: bool) -> str:
+        """Why a returned connection is closed instead of kept, for the log."""
+        if broken:
+            return "broken"
+        if self._closed:
+            return "pool closed"
+        if not ok:
+            return "failed reset"
+        if drained:
+            return "drained"
+        return "expired" if expired else "resized"
 
     # -- maintenance ---------------------------------------------------------
 
@@ -534,7 +568,7 @@ class ConnectionPool(BasePool[CT]):
                 ordered = sorted(engine.idle, key=lambda e: e.idle_since)
                 engine.idle.clear()
                 engine.idle.extend(ordered)
-            engine.retire_locked(*bad)
+            engine.retire_locked(*bad, reason="dead")
         engine.close(bad)
 
     def check(self) -> None:

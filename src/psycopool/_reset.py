@@ -7,7 +7,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from psycopool._drivers import IDLE, INTRANS, UNKNOWN, AsyncDriver, Driver, SessionState
+from psycopool._drivers import (
+    IDLE,
+    INTRANS,
+    UNKNOWN,
+    AsyncDriver,
+    Driver,
+    SessionState,
+    hide_password,
+)
 
 logger = logging.getLogger("psycopool")
 
@@ -19,6 +27,7 @@ def clean(
     extra: Callable[[Any], object] | None = None,
     *,
     session_sql: bool = True,
+    name: str | None = None,
 ) -> bool:
     """Roll back, restore the session attributes, then run ``extra`` (committing what it runs).
 
@@ -45,7 +54,7 @@ def clean(
                 return False
             driver.after_reset(conn)
     except Exception as exc:
-        logger.warning("closing a returned connection that could not be reset: %s", exc)
+        _log_failed_reset(name, exc)
         return False
     return not driver.is_closed(conn) and driver.transaction_status(conn) == IDLE
 
@@ -55,6 +64,8 @@ async def aclean(
     conn: Any,
     state: SessionState,
     extra: Callable[[Any], object] | None = None,
+    *,
+    name: str | None = None,
 ) -> bool:
     """:func:`clean` for an async connection; ``extra`` may be a coroutine function.
 
@@ -82,6 +93,14 @@ async def aclean(
                 return False
             await driver.aafter_reset(conn)
     except Exception as exc:
-        logger.warning("closing a returned connection that could not be reset: %s", exc)
+        _log_failed_reset(name, exc)
         return False
     return not driver.is_closed(conn) and driver.transaction_status(conn) == IDLE
+
+
+def _log_failed_reset(name: str | None, exc: Exception) -> None:
+    logger.warning(
+        "pool %r: closing a returned connection that could not be reset: %s",
+        name or "?",
+        hide_password(str(exc).strip()),
+    )

@@ -172,9 +172,11 @@ class Upkeep:
                 if kept:
                     engine.give_back_locked(entry, engine.clock())
                 else:
-                    engine.retire_locked(entry)
+                    engine.retire_locked(
+                        entry, reason="pool closed" if engine.closed else "drained"
+                    )
             if recovered:
-                logger.warning(
+                logger.info(
                     "pool %r: connected again after %d failed attempts",
                     self._settings.name,
                     recovered,

@@ -299,7 +299,7 @@ class AbstractConnectionPool:
     def _clean_and_keep(self, entry: PooledConnection) -> None:
         """Roll back and restore a returned connection (counted pending), then keep or close it."""
         engine = self._engine
-        ok = clean(engine.driver, entry.conn, entry.state)
+        ok = clean(engine.driver, entry.conn, entry.state, name=self.name)
         with engine.lock:
             engine.pending -= 1
             keep = ok and not self.closed and self._keeps_returned_locked()
