@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
             setattr(settings, knob, value)
 
     known = {p.key: p for p in PEERS}
-    wanted_peers = args.peers or list(known)
+    wanted_peers = args.peers or [k for k, p in known.items() if not p.opt_in]
     unknown = [k for k in wanted_peers if k not in known]
     if unknown:
         return _error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(known)}")

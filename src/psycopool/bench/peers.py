@@ -68,6 +68,8 @@ class Peer:
     label: ClassVar[str] = ""
     #: Modules that must import for this peer to run.
     modules: ClassVar[tuple[str, ...]] = ()
+    #: Runs only when named in --peers (variants that measure one feature's cost).
+    opt_in: ClassVar[bool] = False
     #: Distributions whose versions the report shows.
     distributions: ClassVar[tuple[str, ...]] = ()
     #: What to install when the modules are missing.
@@ -148,7 +150,7 @@ class PsycopoolPeer(Peer):
 
     key = "psycopool"
     label = "psycopool ConnectionPool"
-    modules = ("psycopg2",)
+    modules: ClassVar[tuple[str, ...]] = ("psycopg2",)
     distributions = ("psycopool",)
     is_psycopool = True
 
@@ -205,6 +207,49 @@ class PsycopoolPsycopgPeer(PsycopoolPeer):
         cls: Any = getattr(psycopool, "ConnectionPool")  # noqa: B009 (may not exist: mypy)
         self.pool = cls(dsn, min_size=min_size, max_size=max_size, driver="psycopg")
         self.pool.wait(timeout=60.0)
+
+
+class PsycopoolPrometheusPeer(PsycopoolPeer):
+    """psycopool.ConnectionPool with the Prometheus collector attached: what metrics cost."""
+
+    key = "psycopool-prom"
+    label = "psycopool ConnectionPool + Prometheus"
+    modules: ClassVar[tuple[str, ...]] = ("psycopg2", "prometheus_client")
+    install_hint = "pip install 'psycopool[bench,prometheus]'"
+    opt_in = True
+
+    def open(self, dsn: str, min_size: int, max_size: int) -> None:
+        from prometheus_client import CollectorRegistry
+
+        from psycopool.metrics.prometheus import register
+
+        super().open(dsn, min_size, max_size)
+        self.registry = CollectorRegistry()
+        register(self.pool, registry=self.registry)
+
+
+class PsycopoolOtelPeer(PsycopoolPeer):
+    """psycopool.ConnectionPool instrumented with OpenTelemetry (an in-memory reader)."""
+
+    key = "psycopool-otel"
+    label = "psycopool ConnectionPool + OpenTelemetry"
+    modules: ClassVar[tuple[str, ...]] = ("psycopg2", "opentelemetry.sdk")
+    install_hint = "pip install 'psycopool[bench,otel]'"
+    opt_in = True
+
+    def open(self, dsn: str, min_size: int, max_size: int) -> None:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        from psycopool.metrics.otel import instrument
+
+        super().open(dsn, min_size, max_size)
+        self.provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        instrument(self.pool, meter_provider=self.provider)
+
+    def close(self) -> None:
+        super().close()
+        self.provider.shutdown()
 
 
 class _Psycopg2StylePeer(Peer):
@@ -570,6 +615,8 @@ PEERS: tuple[type[Peer], ...] = (
     PsycopoolPeer,
     PsycopoolWithPeer,
     PsycopoolPsycopgPeer,
+    PsycopoolPrometheusPeer,
+    PsycopoolOtelPeer,
     PsycopoolDropInPeer,
     Psycopg2PoolPeer,
     PsycopgPoolPeer,
