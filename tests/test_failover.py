@@ -11,6 +11,7 @@ through a conninfo callable, which the pool calls at every attempt).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -239,6 +240,120 @@ def test_failover_promoted_after_5s(pair: Pair, driver: str):
     if driver == "psycopg":
         pytest.importorskip("psycopg")
     _failover(pair, driver, 5.0)
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_primary_turns_read_only(pair: Pair, driver: str):
+    """Host A turns read-only (as a managed service demotes it), host B is writable: the
+    first block failing with 25006 drains the pool, and new connections go to B."""
+    if driver == "psycopg":
+        pytest.importorskip("psycopg")
+    a, b = pair.primary, pair.standby
+    b.promote()  # now two writable servers (timelines apart): A first in the conninfo
+    app = f"readonly-{driver}"
+    dsn = pair.conninfo(target_session_attrs="read-write", application_name=app)
+    load = Load()
+    pool: ConnectionPool[Any] = ConnectionPool(dsn, min_size=4, max_size=8, driver=driver, name=app)
+    threads = [
+        threading.Thread(target=_writer, args=(pool, load, w), daemon=True) for w in range(WORKERS)
+    ]
+    admin = _connect(a.dsn)
+    try:
+        pool.wait(timeout=15)
+        # The borrower's own read-only transaction failing with 25006 drains nothing.
+        with pytest.raises(Exception) as info:
+            with pool.connection(timeout=10) as conn:
+                if driver == "psycopg":
+                    conn.read_only = True
+                else:
+                    conn.readonly = True
+                execute(conn, f"INSERT INTO {TABLE} VALUES (-1, -1)")
+        assert getattr(info.value, "sqlstate", None) or info.value.pgcode == "25006"
+        assert pool.stats()["connections_drained"] == 0
+        for thread in threads:
+            thread.start()
+        assert wait_until(lambda: len(load.writes) >= 30, timeout=15)
+        execute(admin, "ALTER SYSTEM SET default_transaction_read_only = on")
+        execute(admin, "SELECT pg_reload_conf()")
+        turned_at = time.monotonic()
+        assert wait_until(lambda: load.writes[-1][0] > turned_at and load.writes[-1][1] == b.port)
+        assert wait_until(lambda: query(admin, _COUNT_APP, (app,)) == 0)
+        time.sleep(0.3)
+    finally:
+        load.stop.set()
+        for thread in threads:
+            thread.join(30)
+        stats = pool.stats()
+        pool.close()
+        admin.close()
+    assert not load.borrow_errors, load.borrow_errors[:3]
+    # Each worker's block fails at most once: the one in flight when A turned read-only.
+    assert 1 <= len(load.query_errors) <= WORKERS, load.query_errors[:3]
+    assert all(_sqlstate(e) == "25006" for _, e in load.query_errors), load.query_errors[:3]
+    last_error = max(t for t, _ in load.query_errors)
+    assert {port for t, port in load.writes if t > last_error} == {b.port}
+    assert {port for t, port in load.writes if t < turned_at} == {a.port}
+    assert stats["connections_drained"] >= 1, stats
+
+
+def test_primary_turns_read_only_async(pair: Pair):
+    """The same with AsyncConnectionPool: 4 writer tasks, A turns read-only, writes go to B."""
+    pytest.importorskip("psycopg")
+    from _async import run_on
+
+    from psycopool import AsyncConnectionPool
+
+    a, b = pair.primary, pair.standby
+    b.promote()
+    dsn = pair.conninfo(target_session_attrs="read-write")
+    writes: list[tuple[float, int]] = []
+    errors: list[tuple[float, BaseException]] = []
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        async with AsyncConnectionPool(dsn, min_size=2, max_size=4) as pool:
+
+            async def writer() -> None:
+                while not stop.is_set():
+                    try:
+                        async with pool.connection(timeout=10) as conn:
+                            cur = await conn.execute(
+                                f"INSERT INTO {TABLE} VALUES (0, 0) RETURNING inet_server_port()"
+                            )
+                            row = await cur.fetchone()
+                        writes.append((time.monotonic(), row[0]))
+                    except Exception as exc:
+                        errors.append((time.monotonic(), exc))
+                    await asyncio.sleep(0.005)
+
+            tasks = [asyncio.create_task(writer()) for _ in range(4)]
+            while len(writes) < 20:
+                await asyncio.sleep(0.01)
+            admin = _connect(a.dsn)
+            execute(admin, "ALTER SYSTEM SET default_transaction_read_only = on")
+            execute(admin, "SELECT pg_reload_conf()")
+            admin.close()
+            deadline = time.monotonic() + 10
+            while writes[-1][1] != b.port and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)
+            stop.set()
+            await asyncio.gather(*tasks)
+            return pool.get_stats()["connections_drained"]
+
+    drained = run_on("asyncio", main, timeout=40)
+    assert 1 <= len(errors) <= 4, errors[:3]
+    assert all(_sqlstate(e) == "25006" for _, e in errors), errors[:3]
+    last_error = max(t for t, _ in errors)
+    assert {port for t, port in writes if t > last_error} == {b.port}
+    assert drained >= 1
+
+
+_COUNT_APP = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    return getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
 
 
 def test_backoff_is_short_while_borrowers_wait():

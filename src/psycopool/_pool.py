@@ -32,6 +32,7 @@ from psycopool._engine import PooledConnection, Waiter
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from psycopool._health import RECENTLY_USED, is_alive, ping
 from psycopool._pooler import Pooler
+from psycopool._readonly import server_turned_read_only
 from psycopool._reset import clean
 from psycopool._upkeep import Upkeep
 
@@ -606,6 +607,24 @@ class ConnectionPool(BasePool[CT]):
         if self._opened:
             self._upkeep.request_connections()
 
+    def _leave_read_only_server(self, conn: Any) -> None:
+        """``conn``'s server turned read-only (see ``_readonly.py``): close ``conn`` when it
+        comes back and drain the others, unless a drain since ``conn`` was opened did."""
+        engine = self._engine
+        with engine.lock:
+            entry = engine.in_use.get(id(conn))
+            if entry is None or self._closed:
+                return
+            if entry.epoch < engine.epoch:
+                entry.expires_at = float("-inf")  # drained already: just this one
+                return
+        logger.warning(
+            "pool %r: the server turned read-only (SQLSTATE 25006) while the pool asks for a"
+            " writable one: draining its connections",
+            self.name,
+        )
+        self.drain()
+
 
 class _Borrowed:
     """The context manager returned by :meth:`ConnectionPool.connection`."""
@@ -645,5 +664,8 @@ class _Borrowed:
                     driver.rollback(conn)
                 except Exception:
                     pass  # the connection is broken: putconn discards it
+                else:
+                    if server_turned_read_only(driver, conn, exc):
+                        pool._leave_read_only_server(conn)
         finally:
             pool.putconn(conn)

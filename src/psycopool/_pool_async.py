@@ -38,6 +38,7 @@ from psycopool._engine import FutureWaiter, PooledConnection
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from psycopool._health import RECENTLY_USED, aping, is_alive
 from psycopool._pooler import Pooler, connect_kwargs
+from psycopool._readonly import aserver_turned_read_only
 from psycopool._reset import aclean
 from psycopool._upkeep_async import AsyncUpkeep, weak_method
 
@@ -691,6 +692,24 @@ class AsyncConnectionPool(BasePool[CT]):
         if self._opened:
             self._upkeep.request_connections()
 
+    async def _leave_read_only_server(self, conn: Any) -> None:
+        """``conn``'s server turned read-only (see ``_readonly.py``): close ``conn`` when it
+        comes back and drain the others, unless a drain since ``conn`` was opened did."""
+        engine = self._engine
+        with engine.lock:
+            entry = engine.in_use.get(id(conn))
+            if entry is None or self._closed:
+                return
+            if entry.epoch < engine.epoch:
+                entry.expires_at = float("-inf")  # drained already: just this one
+                return
+        logger.warning(
+            "pool %r: the server turned read-only (SQLSTATE 25006) while the pool asks for a"
+            " writable one: draining its connections",
+            self.name,
+        )
+        await self.drain()
+
 
 class _AsyncBorrowed(Generic[CT]):
     """The async context manager returned by :meth:`AsyncConnectionPool.connection`."""
@@ -733,6 +752,9 @@ class _AsyncBorrowed(Generic[CT]):
                         await pool._adriver.arollback(conn)
                     except Exception:
                         pass  # the connection is broken: putconn discards it
+                    else:
+                        if await aserver_turned_read_only(pool._adriver, conn, exc):
+                            await pool._leave_read_only_server(conn)
         finally:
             await pool.putconn(conn)
 

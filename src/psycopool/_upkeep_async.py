@@ -187,7 +187,9 @@ class AsyncUpkeep:
         """Record a failed attempt; return how long to wait before the next."""
         engine = self._engine
         with engine.lock:
-            delay, gave_up = self._backoff.failed(time.monotonic())  # real time, as waits
+            # Real time, as waits; short while borrowers wait (a failover's new primary).
+            waiting = bool(engine.waiters)
+            delay, gave_up = self._backoff.failed(time.monotonic(), waiting=waiting)
             failures = self._backoff.failures
         message = hide_password(str(exc).strip()) or type(exc).__name__
         engine.last_connect_error = message

@@ -91,6 +91,10 @@ class Driver(abc.ABC):
     def execute_autocommit(self, conn: Any, sql: str) -> None:
         """Run one statement outside any transaction (the connection is IDLE), never prepared."""
 
+    def dsn_parameter(self, conn: Any, name: str) -> str | None:
+        """The value libpq used for connection parameter ``name`` (None: its default)."""
+        return None
+
     def after_reset(self, conn: Any) -> None:
         """After a reset function ran: make the driver forget what the server just forgot.
 

@@ -45,6 +45,10 @@ class PsycopgInspector(Driver):
     def session_state(self, conn: Any) -> SessionState:
         return (conn.autocommit, conn.isolation_level, conn.read_only, conn.deferrable)
 
+    def dsn_parameter(self, conn: Any, name: str) -> str | None:
+        value = conn.info.get_parameters().get(name)  # psycopg leaves out the defaults
+        return value if isinstance(value, str) else None
+
     def is_clean(self, conn: Any, state: SessionState) -> bool:
         # The fields behind the public properties, read directly: this runs on
         # every return and the four property calls cost more than the rest of

@@ -54,6 +54,10 @@ class Psycopg2Driver(Driver):
     def session_state(self, conn: Any) -> SessionState:
         return (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
 
+    def dsn_parameter(self, conn: Any, name: str) -> str | None:
+        value = conn.get_dsn_parameters().get(name)
+        return value if isinstance(value, str) else None
+
     def is_clean(self, conn: Any, state: SessionState) -> bool:
         return (
             conn.get_transaction_status() == IDLE
