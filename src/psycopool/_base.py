@@ -22,6 +22,12 @@ from psycopool._drivers import Driver, get_driver, hide_password
 from psycopool._engine import Engine, PooledConnection
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout, flavoured
 from psycopool._loans import Loan, lent_locked, lent_summary
+from psycopool._network import (
+    DEFAULT_NETWORK_TIMEOUT,
+    check_network_timeout,
+    network_options,
+    with_defaults,
+)
 from psycopool._pooler import Pooler, check_pooler, connect_kwargs, session_sql
 
 if TYPE_CHECKING:
@@ -106,6 +112,7 @@ class BasePool(Generic[CT]):
         configure: Callable[[Any], object] | None = None,
         reset: ResetPolicy = "rollback",
         leak_timeout: float | None = None,
+        network_timeout: float | None = DEFAULT_NETWORK_TIMEOUT,
         driver: Any = "psycopg2",
         connection_class: type[CT] | None = None,
         name: str | None = None,
@@ -128,6 +135,11 @@ class BasePool(Generic[CT]):
         self.max_lifetime = as_seconds("max_lifetime", max_lifetime, allow_zero=False)
         self.leak_timeout = as_seconds("leak_timeout", leak_timeout, allow_zero=False)
         self.reconnect_timeout = as_seconds("reconnect_timeout", reconnect_timeout)
+        self.network_timeout = check_network_timeout(network_timeout)
+        #: Added to each connect's options where the user's conninfo and kwargs set none.
+        self._connect_defaults: dict[str, Any] = {"connect_timeout": DEFAULT_CONNECT_TIMEOUT}
+        if self.network_timeout is not None:
+            self._connect_defaults.update(network_options(self.network_timeout))
         if reconnect_failed is not None and not callable(reconnect_failed):
             raise TypeError(
                 f"reconnect_failed must be a callable or None; got {show(reconnect_failed)}"
@@ -230,11 +242,11 @@ class BasePool(Generic[CT]):
         )
 
     def _connect_arguments(self) -> tuple[str, dict[str, Any]]:
-        """conninfo and kwargs for one connect, with a default ``connect_timeout``."""
+        """conninfo and kwargs for one connect, with ``connect_timeout`` and
+        ``network_timeout``'s options where the user's conninfo (parsed) and kwargs set none."""
         conninfo = self._conninfo() if callable(self._conninfo) else self._conninfo
-        kwargs = dict(self._kwargs() if callable(self._kwargs) else (self._kwargs or {}))
-        if "connect_timeout" not in kwargs and "connect_timeout" not in conninfo:
-            kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+        kwargs = self._kwargs() if callable(self._kwargs) else (self._kwargs or {})
+        kwargs = with_defaults(self._driver, conninfo, kwargs, self._connect_defaults)
         return conninfo, connect_kwargs(self.pooler, self._driver.name, kwargs)
 
     # -- upkeep decisions (lock held, no I/O) --------------------------------

@@ -6,7 +6,7 @@ FATAL termination notice followed by EOF (discard it: the notice alone is
 enough, as the EOF may still be on its way). One ``epoll`` set watches all of a pool's
 sockets, so the usual answer ("nothing anywhere") costs one system call.
 A silently dropped network is not seen here; ``check="ping"`` or TCP
-keepalives catch that.
+keepalives (``network_timeout``, see ``_network.py``) catch that.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import select
 from typing import Any
 
 from psycopool._drivers import AsyncDriver, Driver
+from psycopool._network import bounded
 
 #: A connection returned less than this many seconds ago (100 µs) is handed out
 #: again without looking at its socket: a tight borrow/return loop skips one
@@ -98,16 +99,18 @@ def is_alive(driver: Driver, conn: Any, fd: int, watcher: SocketWatcher) -> bool
     return not driver.is_closed(conn)
 
 
-def ping(driver: Driver, conn: Any) -> bool:
+def ping(driver: Driver, conn: Any, fd: int = -1, deadline: float | None = None) -> bool:
     """True if the server answers a trivial query: one round trip, catches dead networks.
 
-    Run outside any transaction, so the connection stays IDLE.
+    Run outside any transaction, so the connection stays IDLE. With a
+    ``deadline`` (``time.monotonic()``) and the socket ``fd``, a ping still
+    unanswered then fails: its socket is shut down (discard the connection).
     """
-    try:
-        driver.execute_autocommit(conn, "SELECT 1")
-    except Exception:
-        return False
-    return True
+    return bounded(driver, conn, fd, deadline if fd >= 0 else None, _select_one(driver))
+
+
+def _select_one(driver: Driver) -> Any:
+    return lambda conn: driver.execute_autocommit(conn, "SELECT 1")
 
 
 async def aping(driver: AsyncDriver, conn: Any) -> bool:

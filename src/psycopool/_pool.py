@@ -31,6 +31,7 @@ from psycopool._drivers import IDLE, INTRANS, hide_password
 from psycopool._engine import PooledConnection, Waiter
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from psycopool._health import RECENTLY_USED, is_alive, ping
+from psycopool._network import DEFAULT_NETWORK_TIMEOUT, interrupt
 from psycopool._pooler import Pooler
 from psycopool._readonly import server_turned_read_only
 from psycopool._reset import clean
@@ -67,6 +68,7 @@ class ConnectionPool(BasePool[CT]):
         configure: Callable[[Any], object] | None = None,
         reset: ResetPolicy = "rollback",
         leak_timeout: float | None = None,
+        network_timeout: float | None = DEFAULT_NETWORK_TIMEOUT,
         driver: Any = "psycopg2",
         connection_class: type[CT] | None = None,
         name: str | None = None,
@@ -89,6 +91,7 @@ class ConnectionPool(BasePool[CT]):
             configure=configure,
             reset=reset,
             leak_timeout=leak_timeout,
+            network_timeout=network_timeout,
             driver=driver,
             connection_class=connection_class,
             name=name,
@@ -212,6 +215,12 @@ class ConnectionPool(BasePool[CT]):
             time.sleep(0.005)
         with engine.lock:
             leftovers = engine.close_all_locked()
+        for entry in leftovers:
+            # Its borrower may be stuck in a call on it (a dead network): shut its socket
+            # down so that call fails now; psycopg2's close() would wait for it.
+            stuck = entry.conn if entry.ref is None else entry.ref()
+            if stuck is not None:
+                interrupt(self._driver, stuck)
         if leftovers:
             logger.warning(
                 "pool %r: closing %d connections still lent after %.2f s",
@@ -325,8 +334,10 @@ class ConnectionPool(BasePool[CT]):
                         entry.borrower = get_ident()
                         entry.leak_reported = False
                     return conn
+                if not deadline:
+                    deadline = time.monotonic() + timeout
                 try:
-                    passed = self._passes_check(entry)
+                    passed = self._passes_check(entry, deadline)
                 except BaseException:
                     self.putconn(conn)  # interrupted: the connection goes back
                     raise
@@ -347,8 +358,11 @@ class ConnectionPool(BasePool[CT]):
             entry.leak_reported = False
         return conn
 
-    def _passes_check(self, entry: PooledConnection) -> bool:
-        """Run the configured check on a connection taken from the idle stack."""
+    def _passes_check(self, entry: PooledConnection, deadline: float) -> bool:
+        """Run the configured check on a connection taken from the idle stack.
+
+        A ping still unanswered at the borrower's ``deadline`` fails.
+        """
         policy = self.check_policy
         if policy is None:
             return not self._driver.is_closed(entry.conn)
@@ -357,7 +371,7 @@ class ConnectionPool(BasePool[CT]):
         if policy == "liveness":
             return True
         if policy == "ping":
-            return ping(self._driver, entry.conn)
+            return ping(self._driver, entry.conn, entry.fd, deadline)
         try:
             policy(entry.conn)
         except Exception as exc:
@@ -551,7 +565,11 @@ class ConnectionPool(BasePool[CT]):
         """Check connections taken off the idle stack (counted pending); keep the good ones."""
         engine = self._engine
         driver = self._driver
-        good = [e for e in entries if self._engine.is_alive(e) and ping(driver, e.conn)]
+        # Every ping ends by the pool's timeout: check() is bounded even on a dead network.
+        deadline = time.monotonic() + self.timeout
+        good = [
+            e for e in entries if self._engine.is_alive(e) and ping(driver, e.conn, e.fd, deadline)
+        ]
         bad = [e for e in entries if e not in good]
         with engine.lock:
             engine.pending -= len(entries)

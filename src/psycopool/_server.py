@@ -178,11 +178,16 @@ def _clean_env() -> dict[str, str]:
 
 
 def _run(
-    user: pwd.struct_passwd | None, argv: list[str], *, cwd: Path, timeout: float = 60
+    user: pwd.struct_passwd | None,
+    argv: list[str],
+    *,
+    cwd: Path,
+    timeout: float = 60,
+    prefix: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     # cwd must be reachable by the user: initdb and pg_ctl fail in an unreadable cwd (/root).
     return subprocess.run(
-        _as_user(user, argv),
+        [*prefix, *_as_user(user, argv)],
         cwd=cwd,
         env=_clean_env(),
         stdin=subprocess.DEVNULL,
@@ -353,12 +358,26 @@ class TempServer:
     ``start()`` runs initdb on first use, then starts the server on a free port (or ``port``);
     ``restart()`` keeps the port and the data. ``cleanup()`` stops it and deletes every file;
     an ``atexit`` hook cleans up servers left over. Trust authentication, superuser ``postgres``.
+
+    Fault tests may choose the listen address (``host``), run the server's commands behind a
+    ``prefix`` (``("ip", "netns", "exec", name)`` starts it inside a network namespace) and add
+    server ``settings``; :attr:`socket_dsn` reaches it through its Unix socket from anywhere.
     """
 
     def __init__(
-        self, *, port: int | None = None, max_connections: int = 200, pg_bin: Path | None = None
+        self,
+        *,
+        port: int | None = None,
+        max_connections: int = 200,
+        pg_bin: Path | None = None,
+        host: str = "127.0.0.1",
+        prefix: tuple[str, ...] = (),
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.max_connections = max_connections
+        self.host = host
+        self._prefix = tuple(prefix)
+        self._settings = dict(settings or {})
         self._port = port
         self._pg_bin = pg_bin
         self._bin: Path | None = None
@@ -376,7 +395,12 @@ class TempServer:
 
     @property
     def dsn(self) -> str:
-        return f"host=127.0.0.1 port={self.port} dbname=postgres user=postgres"
+        return f"host={self.host} port={self.port} dbname=postgres user=postgres"
+
+    @property
+    def socket_dsn(self) -> str:
+        """The same server through its Unix socket (reachable from any network namespace)."""
+        return f"host={self._require_base()} port={self.port} dbname=postgres user=postgres"
 
     @property
     def base_dir(self) -> Path | None:
@@ -428,7 +452,13 @@ class TempServer:
             argv = [str(self._bin / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate"]
             argv += ["-w", "-t", str(_START_TIMEOUT), "stop"]
             try:
-                _run(self._user, argv, cwd=self._base, timeout=_START_TIMEOUT + 10)
+                _run(
+                    self._user,
+                    argv,
+                    cwd=self._base,
+                    timeout=_START_TIMEOUT + 10,
+                    prefix=self._prefix,
+                )
             except (OSError, subprocess.SubprocessError):
                 pass
             if _pid_alive(pid):
@@ -532,14 +562,18 @@ class TempServer:
             options = [
                 "-p", str(port),
                 "-k", str(base),
-                "-c", "listen_addresses=127.0.0.1",
+                "-c", f"listen_addresses={self.host}",
                 "-c", "fsync=off",
                 "-c", f"max_connections={self.max_connections}",
             ]  # fmt: skip
+            for name, value in self._settings.items():
+                options += ["-c", f"{name}={value}"]
             argv = [str(self._bin / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file)]
             argv += ["-w", "-t", str(_START_TIMEOUT), "-o", shlex.join(options), "start"]
             try:
-                result = _run(self._user, argv, cwd=base, timeout=_START_TIMEOUT + 10)
+                result = _run(
+                    self._user, argv, cwd=base, timeout=_START_TIMEOUT + 10, prefix=self._prefix
+                )
                 output, code = result.stdout, result.returncode
             except subprocess.TimeoutExpired as exc:
                 output, code = str(exc), -1

@@ -30,6 +30,7 @@ from psycopool._engine import Engine, PooledConnection
 from psycopool._errors import PoolError as _PoolErrorBase
 from psycopool._health import RECENTLY_USED
 from psycopool._loans import Loan
+from psycopool._network import check_network_timeout, network_options, with_defaults
 from psycopool._reset import clean
 
 __all__ = [
@@ -62,6 +63,9 @@ class AbstractConnectionPool:
     connections: ``0`` keeps one only while fewer than ``minconn`` are idle
     (psycopg2's behaviour), ``None`` keeps them all, ``T > 0`` keeps them and
     closes those beyond ``minconn`` idle for more than ``T`` seconds.
+    ``network_timeout`` (keyword-only, default None: off, as in psycopg2) adds
+    TCP keepalives and ``tcp_user_timeout`` to the connections, where the
+    arguments set none, so a dead network fails a query after that many seconds.
     """
 
     #: The monotonic clock used for idle ages. Override it on a subclass
@@ -74,6 +78,7 @@ class AbstractConnectionPool:
         maxconn: Any,
         *args: Any,
         idle_timeout: float | None = 0,
+        network_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
         self.minconn = as_int_like("minconn", minconn)
@@ -85,6 +90,12 @@ class AbstractConnectionPool:
                 f" got minconn={show(minconn)}, maxconn={show(maxconn)}"
             )
         self.idle_timeout = as_seconds("idle_timeout", idle_timeout)
+        #: Opt-in here (psycopg2's arguments reach connect() unchanged by default):
+        #: keepalives and tcp_user_timeout bounding a dead network, see ConnectionPool.
+        self.network_timeout = check_network_timeout(network_timeout)
+        self._network_options = (
+            network_options(self.network_timeout) if self.network_timeout is not None else None
+        )
         self.closed = False
         #: The pool's name in log lines and metrics; set it to one of your own.
         self.name = f"{type(self).__name__}-{next(_names)}"
@@ -120,6 +131,9 @@ class AbstractConnectionPool:
 
     def _connect_new(self) -> Any:
         args, kwargs = self._args, self._kwargs
+        if self._network_options is not None:
+            dsn = args[0] if args else kwargs.get("dsn")
+            kwargs = with_defaults(_driver, dsn or "", kwargs, self._network_options)
         try:
             return psycopg2.connect(*args, **kwargs)
         except psycopg2.Error as exc:

@@ -43,6 +43,10 @@ class Driver(abc.ABC):
         """Open a new connection."""
 
     @abc.abstractmethod
+    def conninfo_keys(self, conninfo: str) -> set[str]:
+        """The options a conninfo string or URI sets (libpq's parser); empty if it can't parse."""
+
+    @abc.abstractmethod
     def is_closed(self, conn: Any) -> bool:
         """True if the driver knows the connection is closed or broken."""
 

@@ -11,6 +11,7 @@ from psycopool._drivers import IDLE, Driver, SessionState, masked_error
 
 try:
     import psycopg
+    import psycopg.conninfo
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "psycopool needs psycopg 3 for driver='psycopg': pip install 'psycopool[psycopg]'"
@@ -23,6 +24,12 @@ class PsycopgInspector(Driver):
     name = "psycopg"
     Error = psycopg.Error
     OperationalError = psycopg.OperationalError
+
+    def conninfo_keys(self, conninfo: str) -> set[str]:
+        try:
+            return set(psycopg.conninfo.conninfo_to_dict(conninfo))
+        except Exception:  # the connect attempt will report it (its message may hold a password)
+            return set()
 
     def is_closed(self, conn: Any) -> bool:
         return bool(conn.closed) or conn.broken
@@ -67,6 +74,21 @@ class PsycopgDriver(PsycopgInspector):
 
     def __init__(self) -> None:
         self.connection_class: type[Any] = psycopg.Connection
+
+    def close(self, conn: Any) -> None:
+        # psycopg's close() frees the libpq connection without its lock: with a borrower
+        # still inside a call (close(timeout) gave up on it, after shutting its socket
+        # down), wait for that call to fail first. Still stuck: leave it to the garbage
+        # collector; the shut socket already ended the session.
+        lock = getattr(conn, "lock", None)
+        if lock is None or not lock.acquire(timeout=_CLOSE_LOCK_TIMEOUT):
+            return
+        try:
+            conn.close()
+        except Exception:
+            pass
+        finally:
+            lock.release()
 
     def connect(self, conninfo: str, kwargs: Mapping[str, Any]) -> Any:
         try:
@@ -136,6 +158,8 @@ class PsycopgDriver(PsycopgInspector):
 
 _ENDED = "_psycopool_server_ended"
 DROPS_PREPARED = re.compile(r"\s*(DISCARD\s+ALL|DEALLOCATE\s+(PREPARE\s+)?ALL)\b", re.I).match
+#: How long close() waits for a call another thread makes on the connection.
+_CLOSE_LOCK_TIMEOUT = 1.0
 
 
 def prepared_names(conn: Any) -> set[str]:

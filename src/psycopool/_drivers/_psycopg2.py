@@ -35,6 +35,12 @@ class Psycopg2Driver(Driver):
                 raise
         raise masked from None  # outside the handler: the original isn't chained
 
+    def conninfo_keys(self, conninfo: str) -> set[str]:
+        try:
+            return set(psycopg2.extensions.parse_dsn(conninfo))
+        except Exception:  # the connect attempt will report it (its message may hold a password)
+            return set()
+
     def is_closed(self, conn: Any) -> bool:
         return bool(conn.closed)
 
