@@ -286,6 +286,11 @@ def test_primary_turns_read_only(pair: Pair, driver: str):
         stats = pool.stats()
         pool.close()
         admin.close()
+    on_b = [t for t, port in load.writes if t > turned_at and port == b.port]
+    print(
+        f"\nread-only {driver}: {len(load.query_errors)} blocks failed with 25006, first write"
+        f" on the writable host {on_b[0] - turned_at:.3f} s after the reload, stats {stats}"
+    )
     assert not load.borrow_errors, load.borrow_errors[:3]
     # Each worker's block fails at most once: the one in flight when A turned read-only.
     assert 1 <= len(load.query_errors) <= WORKERS, load.query_errors[:3]
