@@ -155,3 +155,22 @@ def test_bad_values_are_refused(value: Any, error: type[Exception], dsn: str) ->
         ConnectionPool(dsn, network_timeout=value, open=False)
     with pytest.raises(error, match="network_timeout"):
         pool.ThreadedConnectionPool(0, 1, dsn, network_timeout=value)
+
+
+def test_async_pool_default_is_on(dsn: str) -> None:
+    import asyncio
+
+    from psycopool import AsyncConnectionPool
+
+    async def main() -> tuple[dict[str, int], dict[str, int]]:
+        async with AsyncConnectionPool(dsn, min_size=1) as p:
+            async with p.connection() as conn:
+                default = sockopts(conn)
+        async with AsyncConnectionPool(f"{dsn} tcp_user_timeout=999", network_timeout=3) as p:
+            async with p.connection() as conn:
+                mine = sockopts(conn)
+        return default, mine
+
+    default, mine = asyncio.run(main())
+    assert default == network_options(DEFAULT_NETWORK_TIMEOUT)
+    assert mine == {**network_options(3), "tcp_user_timeout": 999}

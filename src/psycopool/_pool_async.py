@@ -26,7 +26,6 @@ from typing import Any, Generic
 from psycopool._args import as_seconds
 from psycopool._base import (
     CT,
-    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_NUM_WORKERS,
     BasePool,
     CheckPolicy,
@@ -37,6 +36,7 @@ from psycopool._drivers import IDLE, INTRANS, get_async_driver
 from psycopool._engine import FutureWaiter, PooledConnection
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from psycopool._health import RECENTLY_USED, aping, is_alive
+from psycopool._network import DEFAULT_NETWORK_TIMEOUT, interrupt, with_defaults
 from psycopool._pooler import Pooler, connect_kwargs
 from psycopool._readonly import aserver_turned_read_only
 from psycopool._reset import aclean
@@ -71,6 +71,7 @@ class AsyncConnectionPool(BasePool[CT]):
         configure: Callable[[Any], object] | None = None,
         reset: ResetPolicy = "rollback",
         leak_timeout: float | None = None,
+        network_timeout: float | None = DEFAULT_NETWORK_TIMEOUT,
         connection_class: type[CT] | None = None,
         name: str | None = None,
         reconnect_timeout: float | None = 300.0,
@@ -94,6 +95,7 @@ class AsyncConnectionPool(BasePool[CT]):
             configure=configure,
             reset=reset,
             leak_timeout=leak_timeout,
+            network_timeout=network_timeout,
             driver="psycopg",
             name=name,
             reconnect_timeout=reconnect_timeout,
@@ -146,10 +148,10 @@ class AsyncConnectionPool(BasePool[CT]):
             self._conninfo() if callable(self._conninfo) else self._conninfo
         )
         kwargs = self._kwargs() if callable(self._kwargs) else self._kwargs
-        kwargs = dict(await _maybe_await(kwargs) or {})
-        if "connect_timeout" not in kwargs and "connect_timeout" not in conninfo:
-            kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+        kwargs = await _maybe_await(kwargs) or {}
         driver = self._adriver
+        # connect_timeout and network_timeout's options, where the user set none.
+        kwargs = with_defaults(driver, conninfo, kwargs, self._connect_defaults)
         conn = await driver.aconnect(conninfo, connect_kwargs(self.pooler, driver.name, kwargs))
         if self._configure is not None:
             try:
@@ -268,6 +270,11 @@ class AsyncConnectionPool(BasePool[CT]):
         finally:
             with engine.lock:
                 leftovers = engine.close_all_locked()
+            for entry in leftovers:
+                # A borrower may be stuck on it (a dead network): its wait ends now.
+                stuck = entry.conn if entry.ref is None else entry.ref()
+                if stuck is not None:
+                    interrupt(self._driver, stuck)
             if leftovers:
                 logger.warning(
                     "pool %r: closing %d connections still lent after %.2f s",
