@@ -93,11 +93,24 @@ def _rename(params: dict[str, inspect.Parameter], kwargs: dict[str, Any]) -> dic
     return out
 
 
+def _parameters(cls: type[Any]) -> dict[str, inspect.Parameter]:
+    """The constructor's named parameters, following ``**kwargs`` up the MRO."""
+    params: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        own = inspect.signature(klass.__init__).parameters
+        params.update({k: v for k, v in own.items() if v.kind is not v.VAR_KEYWORD})
+        if not any(v.kind is v.VAR_KEYWORD for v in own.values()):
+            break
+    return params
+
+
 def _adapted(name: str) -> type[Any] | None:
     base = getattr(psycopool, name, None)
     if base is None:
         return None
-    params = dict(inspect.signature(base.__init__).parameters)
+    params = _parameters(base)
     type_params = getattr(base, "__parameters__", ())
     bases = (base[type_params],) if type_params else (base,)
 
