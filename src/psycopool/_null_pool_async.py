@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
+from psycopool._args import MAX_SIZE
 from psycopool._base import CT
 from psycopool._engine import PooledConnection
 from psycopool._pool_async import AsyncConnectionPool
@@ -25,7 +25,7 @@ class AsyncNullConnectionPool(AsyncConnectionPool[CT]):
         if min_size != 0:
             raise ValueError(f"min_size must be 0 for a null pool; got {min_size!r}")
         if max_size is None:
-            max_size = sys.maxsize
+            max_size = MAX_SIZE  # "no bound": the largest size the argument checks accept
         super().__init__(conninfo, min_size=0, max_size=max_size, **kwargs)
         self._rollback_only = False  # every return takes the path that may close
 
