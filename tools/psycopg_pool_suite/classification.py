@@ -45,6 +45,15 @@ _CHECK_SKIPPED = (
     " `PoolTimeout`",
 )
 
+_CANCELLED_CONNECT = (
+    "bug",
+    "flaky: `close()` (after `wait()` timed out) cancels connection attempts in flight; the test's"
+    " slowed-down `connect` had already opened its connection, which is then dropped unclosed"
+    " ('AsyncConnection ... deleted while still open', an error under the suite's"
+    " filterwarnings=error). psycopg_pool lets the attempt finish and closes what it opened."
+    " Passed on the second try",
+)
+
 VERDICTS: dict[str, tuple[str, str]] = {
     # ---- test_pool.py (ConnectionPool) ---------------------------------------------------
     "test_pool.py::test_generic_connection_type": (
@@ -210,6 +219,28 @@ VERDICTS: dict[str, tuple[str, str]] = {
     "test_pool_common.py::test_check_init[ConnectionPool]": _CHECK_SKIPPED,
     "test_pool_common.py::test_check_timeout[ConnectionPool]": _CHECK_SKIPPED,
     "test_pool_common.py::test_drain[ConnectionPool]": ("missing", "`drain()`"),
+    # ---- async-only verdicts (the others follow their sync twin) --------------------------
+    "test_pool_async.py::test_wait_ready": _CANCELLED_CONNECT,
+    "test_pool_async.py::test_open_wait": _CANCELLED_CONNECT,
+    "test_pool_async.py::test_open_as_wait": _CANCELLED_CONNECT,
+    "test_pool_async.py::test_check_returns_an_ok_connection": (
+        "private",
+        "the failing check gives `PoolTimeout` as expected; then the test reads `p._pool`",
+    ),
+    "test_pool_async.py::test_concurrent_filling": (
+        "private",
+        "patches `AsyncConnectionPool._add_to_pool`",
+    ),
+    "test_pool_common_async.py::test_create_warning[asyncio-AsyncConnectionPool]": (
+        "deliberate",
+        "psycopg_pool warns (RuntimeWarning) on `open=True` in the constructor of an async pool;"
+        " psycopool opens it when a loop runs and raises a clear error when none does",
+    ),
+    "test_pool_common_async.py::test_stats_usage[asyncio-AsyncConnectionPool]": (
+        "environment",
+        "timing bound missed under load (`requests_wait_ms` 850..950, got ~986); psycopg_pool"
+        " fails the sync twin in 2 of 3 baseline runs",
+    ),
 }
 
 _CLASS_MISSING = re.compile(r"has no attribute '((?:Async)?(?:Null)?ConnectionPool)'")
@@ -225,15 +256,24 @@ _PATTERNS: list[tuple[re.Pattern[str], tuple[str, str]]] = [
 ]
 
 
+def sync_twin(test_id: str) -> str:
+    """The id of the sync test an async one was generated from (psycopg's async_to_sync)."""
+    name, _, param = test_id.partition("[")
+    name = name.replace("_async.py::", ".py::")
+    param = param.removeprefix("asyncio").removeprefix("-").replace("Async", "")
+    return f"{name}[{param}" if param and param != "]" else name
+
+
 def classify(test_id: str, message: str) -> tuple[str, str]:
     found = _CLASS_MISSING.search(message)
     if found:
         return "missing", f"`{found.group(1)}` does not exist in psycopool yet"
-    if test_id in VERDICTS:
-        return VERDICTS[test_id]
-    bare = test_id.split("[", 1)[0]
-    if bare in VERDICTS:
-        return VERDICTS[bare]
+    for key in (test_id, sync_twin(test_id)):
+        if key in VERDICTS:
+            return VERDICTS[key]
+        bare = key.split("[", 1)[0]
+        if bare in VERDICTS:
+            return VERDICTS[bare]
     for pattern, (category, reason) in _PATTERNS:
         found = pattern.search(message)
         if found:
