@@ -8,6 +8,7 @@ The PgBouncer fixtures (conftest.py, ``_topology.py``) skip where pgbouncer is n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -253,3 +254,45 @@ def test_transaction_mode_never_restores_by_set(
     finally:
         # The borrower's own SET is on some server connection: have PgBouncer replace them all.
         pgbouncer_transaction.admin("RECONNECT")
+
+
+def test_async_pool_transaction_mode(pgbouncer_transaction: PgBouncer, pg_server: Any, table: str):
+    """AsyncConnectionPool with pooler="transaction": 16 tasks of mixed work, zero errors."""
+    pytest.importorskip("psycopg")
+    from _async import run_on
+
+    from psycopool import AsyncConnectionPool
+
+    tag = "async-transaction"
+    written = 0
+
+    async def main() -> None:
+        nonlocal written
+        async with AsyncConnectionPool(
+            pgbouncer_transaction.dsn, min_size=2, max_size=6, pooler="transaction"
+        ) as pool:
+
+            async def work(t: int) -> int:
+                wrote = 0
+                for i in range(BORROWS):
+                    async with pool.connection(timeout=20) as conn:
+                        assert conn.prepare_threshold is None
+                        if (t + i) % 3 == 0:
+                            await conn.execute(
+                                f"INSERT INTO {TABLE} (tag, n) VALUES (%s, %s)", (tag, i)
+                            )
+                            wrote += 1
+                        elif (t + i) % 3 == 1:
+                            await conn.execute("SELECT set_config(%s, %s, true)", (TAG_GUC, tag))
+                        else:
+                            for j in range(3):  # would be prepared without pooler=
+                                cur = await conn.execute("SELECT %s::int * 2", (j,))
+                                assert (await cur.fetchone())[0] == j * 2
+                            cur = await conn.execute("SELECT current_setting(%s, true)", (TAG_GUC,))
+                            assert (await cur.fetchone())[0] in (None, "")
+                return wrote
+
+            written = sum(await asyncio.gather(*(work(t) for t in range(THREADS))))
+
+    run_on("asyncio", main, timeout=90)
+    assert _written(pg_server, tag) == written > 0
