@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from psycopool.__main__ import main
+from psycopool.bench.peers import peer_by_key
 
 pytest.importorskip("rich")
 pytest.importorskip("matplotlib")
@@ -34,9 +35,14 @@ TINY = [
     "--fault-threads", "3",
     "--fault-seconds", "0.6",
     "--kill-interval", "0.25",
+    "--async-tasks", "3",
+    "--async-ops", "6",
+    "--storm-runs", "1",
+    "--storm-tasks", "30",
 ]  # fmt: skip
 
 WORKLOADS = ("single", "query", "contention", "burst", "faults")
+ASYNC_WORKLOADS = ("async-single", "async-query", "async-contention", "async-storm")
 
 
 def _numeric(value: Any) -> bool:
@@ -56,7 +62,8 @@ def test_core_import_does_not_load_the_bench() -> None:
 def test_bench_all_peers_all_workloads(pg_server: Any, tmp_path: Path) -> None:
     out, png, md = tmp_path / "bench.json", tmp_path / "bench.png", tmp_path / "bench.md"
     outputs = ["--json", str(out), "--plot", str(png), "--markdown", str(md)]
-    assert main(["bench", "--dsn", pg_server.dsn, *TINY, *outputs]) == 0
+    work = ["--workloads", ",".join(WORKLOADS)]
+    assert main(["bench", "--dsn", pg_server.dsn, *TINY, *work, *outputs]) == 0
 
     data = json.loads(out.read_text())
     assert data["machine"]["cpu_count"] >= 1
@@ -67,25 +74,51 @@ def test_bench_all_peers_all_workloads(pg_server: Any, tmp_path: Path) -> None:
     # Skipped peers are exactly those whose library is missing, and each says why.
     assert all(isinstance(reason, str) and reason for reason in data["skipped"].values())
     assert not ran & set(data["skipped"])
+    ran_sync = {k for k in ran if not peer_by_key(k).is_async}
 
     assert set(data["workloads"]) == set(WORKLOADS)
     assert len(data["workloads"]["contention"]) == 1
     scenarios = [t["params"]["scenario"] for t in data["workloads"]["faults"]]
     assert scenarios == ["busy", "idle"]
+    _check_tables(data, ran_sync, ran)
+
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert md.read_text().count("| pool |") == len(WORKLOADS) + 1  # faults: busy and idle
+
+
+def test_bench_async_peers_async_workloads(pg_server: Any, tmp_path: Path) -> None:
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    outputs = ["--json", str(out), "--markdown", str(md)]
+    work = ["--workloads", ",".join(ASYNC_WORKLOADS)]
+    # psycopool's rows, the floor, and the adapters of other drivers (asyncpg, SQLAlchemy).
+    peers = ["--peers", "psycopool-async,psycopool-async-with,floor-async,asyncpg,sqlalchemy-async"]
+    assert main(["bench", "--dsn", pg_server.dsn, *TINY, *work, *peers, *outputs]) == 0
+    data = json.loads(out.read_text())
+    ran = set(data["peers"])
+    ran_async = {k for k in ran if peer_by_key(k).is_async}
+    assert "psycopool-async" in ran_async and "floor-async" in ran_async
+    assert set(data["workloads"]) == set(ASYNC_WORKLOADS)
+    _check_tables(data, ran_async, ran)
+    storm = data["workloads"]["async-storm"][0]["rows"]["psycopool-async-with"]
+    assert storm["swallowed"] == storm["lost_slots"] == storm["lent_twice"] == 0, storm
+    assert md.read_text().count("| pool |") == len(ASYNC_WORKLOADS)
+
+
+def _check_tables(data: dict[str, Any], expected_rows: set[str], ran: set[str]) -> None:
     for name, tables in data["workloads"].items():
+        expected = expected_rows
+        if name == "async-storm":  # one row per pool: its `async with` form
+            expected = {k for k in expected if f"{k}-with" not in expected}
         for table in tables:
             assert table["workload"] == name
             assert table["errors"] == {}, table["errors"]
-            assert set(table["rows"]) == ran, (name, set(table["rows"]) ^ ran)
+            assert set(table["rows"]) == expected, (name, set(table["rows"]) ^ expected)
             for key, row in table["rows"].items():
                 for column in table["columns"]:
                     assert _numeric(row[column["key"]]), (name, key, column["key"])
                 assert all(_numeric(v) for v in row.values()), (name, key, row)
             for entry in table["ratios"].values():
                 assert _numeric(entry["ratio"]) and entry["reference"] in ran
-
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert md.read_text().count("| pool |") == len(WORKLOADS) + 1  # faults: busy and idle
 
 
 def test_bench_selection(pg_server: Any, tmp_path: Path) -> None:

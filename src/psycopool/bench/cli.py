@@ -36,10 +36,10 @@ def _names(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from psycopool.bench.peers import PEERS
+    from psycopool.bench.peers import all_peers
     from psycopool.bench.workloads import WORKLOADS
 
-    peer_keys = ", ".join(p.key for p in PEERS)
+    peer_keys = ", ".join(p.key for p in all_peers())
     work_keys = ", ".join(WORKLOADS)
     parser.add_argument(
         "--dsn",
@@ -67,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     knobs.add_argument("--fault-threads", type=int, help="faults: worker threads")
     knobs.add_argument("--fault-seconds", type=float, help="faults: seconds per peer")
     knobs.add_argument("--kill-interval", type=float, help="faults: seconds between kills")
+    knobs.add_argument(
+        "--async-tasks", type=_int_list, help="async-contention: task counts, e.g. 64,256,1000"
+    )
+    knobs.add_argument("--async-ops", type=int, help="async-contention: operations in all")
+    knobs.add_argument("--storm-runs", type=int, help="async-storm: runs (seeds) per peer")
+    knobs.add_argument("--storm-tasks", type=int, help="async-storm: tasks per run")
 
 
 _KNOBS = (
@@ -83,6 +89,10 @@ _KNOBS = (
     "fault_threads",
     "fault_seconds",
     "kill_interval",
+    "async_tasks",
+    "async_ops",
+    "storm_runs",
+    "storm_tasks",
 )
 
 
@@ -127,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         return _error(f"the bench needs psycopg2 (its floors and monitor use it): {INSTALL_HINT}")
 
     from psycopool.bench import report
-    from psycopool.bench.peers import PEERS, Peer
+    from psycopool.bench.peers import Peer, all_peers
     from psycopool.bench.workloads import (
         WORKLOADS,
         Context,
@@ -145,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
                 return _error(f"--{knob.replace('_', '-')} must not be negative")
             setattr(settings, knob, value)
 
-    known = {p.key: p for p in PEERS}
+    known = {p.key: p for p in all_peers()}
     wanted_peers = args.peers or [k for k, p in known.items() if not p.opt_in]
     unknown = [k for k in wanted_peers if k not in known]
     if unknown:
@@ -161,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=200)
     peers: list[type[Peer]] = []
     skipped: dict[str, str] = {}
-    for key in (p.key for p in PEERS if p.key in wanted_peers):
+    for key in (p.key for p in all_peers() if p.key in wanted_peers):
         cls = known[key]
         reason = cls.missing()
         if reason is None:
@@ -189,14 +199,18 @@ def run(args: argparse.Namespace) -> int:
             with Progress(*columns, console=console, transient=True) as progress:
                 for name in (w for w in WORKLOADS if w in wanted_work):
                     workload = WORKLOADS[name]
-                    task = progress.add_task(name, total=workload.units(settings, len(peers)))
+                    # Sync workloads run the sync peers, async workloads the async ones.
+                    runs = [p for p in peers if p.is_async == workload.is_async]
+                    if not runs:
+                        continue
+                    task = progress.add_task(name, total=workload.units(settings, len(runs)))
 
                     def tick(description: str, task: Any = task) -> None:
                         progress.update(task, advance=1, description=description)
 
                     ctx = Context(dsn, settings, admin, monitor, tick)
                     try:
-                        tables += workload.run(ctx, peers)
+                        tables += workload.run(ctx, runs)
                     except BaseException:
                         ctx.stop.set()
                         raise

@@ -83,6 +83,8 @@ class Peer:
     #: psycopool's own rows, and the drop-in's psycopg2 comparisons (see report.reference_for).
     is_psycopool: ClassVar[bool] = False
     compares_to_drop_in: ClassVar[bool] = False
+    #: An asyncio pool (bench/peers_async.py): run by the async workloads only.
+    is_async: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.pool: Any = None
@@ -629,8 +631,15 @@ PEERS: tuple[type[Peer], ...] = (
 )
 
 
+def all_peers() -> tuple[type[Peer], ...]:
+    """The sync peers, then the async ones."""
+    from psycopool.bench.peers_async import ASYNC_PEERS
+
+    return PEERS + ASYNC_PEERS
+
+
 def peer_by_key(key: str) -> type[Peer]:
-    for peer in PEERS:
+    for peer in all_peers():
         if peer.key == key:
             return peer
     raise KeyError(key)

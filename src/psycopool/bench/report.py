@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from psycopool.bench.peers import PEERS, Peer, peer_by_key
+from psycopool.bench.peers import Peer, all_peers, peer_by_key
 from psycopool.bench.workloads import ServerAdmin, Table
 
 __all__ = ["machine_info", "print_tables", "reference_for", "write_json", "write_plot"]
@@ -72,6 +72,10 @@ def reference_for(key: str, present: Sequence[str] | set[str]) -> str | None:
         cls = peer_by_key(key)
     except KeyError:
         return None
+    if cls.is_async:
+        if cls.uses_context and "psycopool-async-with" in present:
+            return "psycopool-async-with"
+        return "psycopool-async" if "psycopool-async" in present else None
     if cls.compares_to_drop_in and "psycopool.pool" in present:
         return "psycopool.pool"
     if cls.uses_context and "psycopool-with" in present:
@@ -103,7 +107,7 @@ def _label(key: str) -> str:
 
 
 def _ordered(keys: Sequence[str] | set[str]) -> list[str]:
-    order = {cls.key: i for i, cls in enumerate(PEERS)}
+    order = {cls.key: i for i, cls in enumerate(all_peers())}
     return sorted(keys, key=lambda k: (order.get(k, len(order)), k))
 
 
@@ -224,7 +228,7 @@ def write_plot(path: Path, tables: Sequence[Table]) -> None:
     panels: list[tuple[Table, bool]] = [(t, False) for t in shown]
     panels += [(t, True) for t in shown if any(t.distributions.values())]
     n = max(1, len(panels))
-    fig, axes = plt.subplots(n, 1, figsize=(10, 2.2 + 0.32 * len(PEERS) * n), squeeze=False)
+    fig, axes = plt.subplots(n, 1, figsize=(10, 2.2 + 0.32 * len(all_peers()) * n), squeeze=False)
     for ax, (table, distribution) in zip(axes[:, 0], panels, strict=True):
         if distribution:
             _plot_distribution(ax, table)

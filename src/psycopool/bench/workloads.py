@@ -79,6 +79,10 @@ class Settings:
     fault_threads: int = 16  # faults: worker threads
     fault_seconds: float = 4.0  # faults: duration per peer
     kill_interval: float = 0.5  # faults: seconds between terminations
+    async_tasks: tuple[int, ...] = (64, 256, 1000)  # async-contention: task counts
+    async_ops: int = 4000  # async-contention: operations shared by the tasks
+    storm_runs: int = 3  # async-storm: runs (seeds) per peer
+    storm_tasks: int = 1000  # async-storm: tasks per run (a third are cancelled)
 
     @classmethod
     def quick(cls) -> Settings:
@@ -89,11 +93,14 @@ class Settings:
             rounds=3,
             settle=0.3,
             fault_seconds=1.6,
+            async_ops=1000,
+            storm_runs=1,
         )
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["threads"] = list(self.threads)
+        data["async_tasks"] = list(self.async_tasks)
         return data
 
 
@@ -947,6 +954,7 @@ class Workload:
     summary: str
     run: Callable[[Context, Sequence[type[Peer]]], list[Table]]
     units: Callable[[Settings, int], int]  # progress units for n peers
+    is_async: bool = False  # runs the async peers (bench/peers_async.py), on event loops
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -979,3 +987,8 @@ WORKLOADS: dict[str, Workload] = {
         ),
     )
 }
+
+# The asyncio workloads live in their own module, which builds on the names above.
+from psycopool.bench.workloads_async import ASYNC_WORKLOADS  # noqa: E402
+
+WORKLOADS.update(ASYNC_WORKLOADS)
