@@ -491,3 +491,56 @@ def test_log_lines_levels_reasons_and_no_password(
     assert has("INFO", "discarding 1 connection (failed reset)"), text
     assert has("WARNING", "a borrower waited"), text
     assert has("DEBUG", "closing 1 connection (drained)"), text
+
+
+# -- the asyncio pool ----------------------------------------------------------------------------
+
+
+def test_async_pool_timeout_names_the_task_and_metrics_count_its_borrows(dsn: str) -> None:
+    import asyncio
+
+    from _async import run_on
+    from prometheus_client import CollectorRegistry
+
+    from psycopool.metrics.prometheus import register
+
+    registry = CollectorRegistry()
+    keep = []  # the collector holds pools weakly: keep this one for the scrape below
+
+    async def main() -> None:
+        pool = psycopool.AsyncConnectionPool(
+            dsn, min_size=1, max_size=1, leak_timeout=60.0, name="aio", open=False
+        )
+        keep.append(pool)
+        await pool.open(wait=True)
+        try:
+            register(pool, registry=registry)
+            for _ in range(3):
+                async with pool.connection():
+                    pass
+
+            async def hold_async() -> Any:
+                return await pool.getconn()
+
+            conn = await asyncio.create_task(hold_async(), name="holding-task")
+            with pytest.raises(psycopool.PoolTimeout) as info:
+                await pool.getconn(timeout=0.05)
+            assert "by task holding-task" in str(info.value)
+            assert "in hold_async" in str(info.value)
+            (loan,) = pool.lent()
+            assert loan.borrower == "task holding-task"
+            await pool.putconn(conn)
+        finally:
+            await pool.close()
+
+    run_on("asyncio", main)
+    families = {f.name: f for f in registry.collect()}
+    pool = {"pool": "aio"}
+    assert _sample(families, "psycopool_use_seconds", "psycopool_use_seconds_count", **pool) == 4
+    assert _sample(families, "psycopool_wait_seconds", "psycopool_wait_seconds_count", **pool) == 4
+    assert (
+        _sample(
+            families, "psycopool_requests_timeouts", "psycopool_requests_timeouts_total", **pool
+        )
+        == 1
+    )

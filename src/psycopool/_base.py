@@ -21,7 +21,7 @@ from psycopool._args import check_sizes as _check_sizes
 from psycopool._drivers import Driver, get_driver, hide_password
 from psycopool._engine import Engine, PooledConnection
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout, flavoured
-from psycopool._loans import Loan, lent_locked, lent_summary
+from psycopool._loans import Loan, Stack, lent_locked, lent_summary, loans
 from psycopool._network import (
     DEFAULT_NETWORK_TIMEOUT,
     check_network_timeout,
@@ -89,7 +89,7 @@ class Chores:
     #: Taken off the idle stack, counted pending: check them, then give back or close.
     to_check: list[PooledConnection] = field(default_factory=list)
     #: (seconds held, borrower's stack) of newly detected leaks.
-    leaks: list[tuple[float, str | None]] = field(default_factory=list)
+    leaks: list[tuple[float, Stack | None]] = field(default_factory=list)
     #: Lent connections garbage-collected without being returned.
     reclaimed: int = 0
 
@@ -397,6 +397,18 @@ class BasePool(Generic[CT]):
 
     # -- who holds the connections -------------------------------------------
 
+    def _return_reason(self, broken: bool, ok: bool, drained: bool, expired: bool) -> str:
+        """Why a returned connection is closed instead of kept, for the log."""
+        if broken:
+            return "broken"
+        if self._closed:
+            return "pool closed"
+        if not ok:
+            return "failed reset"
+        if drained:
+            return "drained"
+        return "expired" if expired else "resized"
+
     #: A borrower that waited longer than this many seconds is logged (WARNING); None: never.
     log_waits_over: float | None = 1.0
 
@@ -411,12 +423,12 @@ class BasePool(Generic[CT]):
         """PoolTimeout saying how many are lent, the longest hold, and where it was borrowed."""
         engine = self._engine
         with engine.lock:
-            loans = lent_locked(engine, engine.clock())
+            raw = lent_locked(engine, engine.clock())
             max_size = engine.max_size
         return self._err(
             PoolTimeout,
             f"couldn't get a connection from pool {self.name!r} after {timeout:.2f} s:"
-            f" {lent_summary(loans, max_size)}{self._last_error_hint()}",
+            f" {lent_summary(loans(raw[:1]), max_size, len(raw))}{self._last_error_hint()}",
         )
 
     def _log_slow_wait(self, waited: float) -> None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopool._drivers import Driver, SessionState
 from psycopool._health import RECENTLY_USED, SocketWatcher, is_alive
-from psycopool._loans import Loan, lent_locked
+from psycopool._loans import Loan, Stack, lent_locked, loans
 
 if TYPE_CHECKING:
     from psycopool._timings import Timings
@@ -80,7 +80,7 @@ class PooledConnection:
         #: The drop-in's key while checked out.
         self.key: Any = None
         #: The borrower's stack, kept only when leak detection is on.
-        self.stack: str | None = None
+        self.stack: Stack | None = None
         #: The borrowing thread's ident (or a task's name), kept when borrowers are tracked.
         self.borrower: int | str | None = None
         #: Why it was retired, for the log line when it is closed.
@@ -388,7 +388,8 @@ class Engine:
     def lent(self) -> list[Loan]:
         """The connections lent now, longest held first (see ``_loans.py``)."""
         with self.lock:
-            return lent_locked(self, self.clock())
+            raw = lent_locked(self, self.clock())
+        return loans(raw)
 
     # -- idle expiry ---------------------------------------------------------
 

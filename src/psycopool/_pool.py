@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from threading import get_ident
 from types import TracebackType
@@ -31,6 +30,7 @@ from psycopool._drivers import IDLE, INTRANS, hide_password
 from psycopool._engine import PooledConnection, Waiter
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from psycopool._health import RECENTLY_USED, is_alive, ping
+from psycopool._loans import Stack
 from psycopool._network import DEFAULT_NETWORK_TIMEOUT, interrupt
 from psycopool._pooler import Pooler
 from psycopool._readonly import server_turned_read_only
@@ -330,7 +330,7 @@ class ConnectionPool(BasePool[CT]):
                     entry.conn = None
                     entry.borrowed_at = now
                     if self.leak_timeout is not None:
-                        entry.stack = "".join(traceback.format_stack()[:-1])
+                        entry.stack = Stack(1)
                         entry.borrower = get_ident()
                         entry.leak_reported = False
                     return conn
@@ -353,7 +353,7 @@ class ConnectionPool(BasePool[CT]):
         entry.conn = None
         entry.borrowed_at = self.clock()
         if self.leak_timeout is not None:
-            entry.stack = "".join(traceback.format_stack()[:-2])
+            entry.stack = Stack(2)
             entry.borrower = get_ident()
             entry.leak_reported = False
         return conn
@@ -533,18 +533,6 @@ class ConnectionPool(BasePool[CT]):
             engine.close_one(entry)
             if not self._closed:
                 self._upkeep.request_connections()
-
-    def _return_reason(self, broken: bool, ok: bool, drained: bool, expired: bool) -> str:
-        """Why a returned connection is closed instead of kept, for the log."""
-        if broken:
-            return "broken"
-        if self._closed:
-            return "pool closed"
-        if not ok:
-            return "failed reset"
-        if drained:
-            return "drained"
-        return "expired" if expired else "resized"
 
     # -- maintenance ---------------------------------------------------------
 

@@ -18,7 +18,6 @@ import asyncio
 import inspect
 import logging
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Generic
@@ -32,10 +31,11 @@ from psycopool._base import (
     ResetPolicy,
     positive,
 )
-from psycopool._drivers import IDLE, INTRANS, get_async_driver
+from psycopool._drivers import IDLE, INTRANS, get_async_driver, hide_password
 from psycopool._engine import FutureWaiter, PooledConnection
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from psycopool._health import RECENTLY_USED, aping, is_alive
+from psycopool._loans import Stack, borrower
 from psycopool._network import DEFAULT_NETWORK_TIMEOUT, interrupt, with_defaults
 from psycopool._pooler import Pooler, connect_kwargs
 from psycopool._readonly import aserver_turned_read_only
@@ -250,7 +250,7 @@ class AsyncConnectionPool(BasePool[CT]):
             engine.closed = True  # connectors now close what they open
             idle = list(engine.idle)
             engine.idle.clear()
-            engine.retire_locked(*idle)
+            engine.retire_locked(*idle, reason="pool closed")
             while engine.waiters:
                 engine.waiters.popleft().wake()
         engine.close(idle)
@@ -404,7 +404,8 @@ class AsyncConnectionPool(BasePool[CT]):
         entry.conn = None
         entry.borrowed_at = self.clock()
         if self.leak_timeout is not None:
-            entry.stack = "".join(traceback.format_stack()[:-2])
+            entry.stack = Stack(2)
+            entry.borrower = borrower()
             entry.leak_reported = False
         return conn  # type: ignore[no-any-return]
 
@@ -430,7 +431,7 @@ class AsyncConnectionPool(BasePool[CT]):
         try:
             await _maybe_await(policy(conn))
         except Exception as exc:
-            logger.info("pool %r: check failed, discarding the connection: %s", self.name, exc)
+            logger.info("pool %r: check failed: %s", self.name, hide_password(str(exc).strip()))
             return False
         return self._driver.transaction_status(conn) == IDLE
 
@@ -449,9 +450,12 @@ class AsyncConnectionPool(BasePool[CT]):
     def _drop(self, entry: PooledConnection, conn: Any, why: str | None) -> None:
         """Discard a lent-to-be connection (failed check, expired, interrupted); ask for another."""
         engine = self._engine
+        reason = {"lost": "dead", "recycled": "expired"}.get(why or "", "interrupted")
+        if why == "lost" and callable(self.check_policy):
+            reason = "failed check"
         with engine.lock:
             engine.in_use.pop(id(conn), None)
-            engine.retire_locked(entry)
+            engine.retire_locked(entry, reason=reason)
             if why == "lost":
                 engine.connections_lost += 1
             elif why == "recycled":
@@ -478,19 +482,19 @@ class AsyncConnectionPool(BasePool[CT]):
             self._abandon(waiter)
             raise
         timer.cancel()
+        waited = time.monotonic() - started
         with engine.lock:
-            self._requests_wait_ms += int((time.monotonic() - started) * 1000)
+            self._requests_wait_ms += int(waited * 1000)
             if entry is None:
                 self._requests_errors += 1
+                if not self._closed:
+                    engine.timeouts += 1
         if entry is not None:
+            self._log_slow_wait(waited)
             return entry
         if self._closed:
             raise self._closed_error()
-        raise self._err(
-            PoolTimeout,
-            f"couldn't get a connection from pool {self.name!r} after {timeout:.2f} s"
-            f"{self._last_error_hint()}",
-        )
+        raise self._timeout_error(timeout)
 
     def _expire(self, waiter: FutureWaiter) -> None:
         """The waiter's deadline passed: out of the queue, woken with no connection."""
@@ -543,7 +547,11 @@ class AsyncConnectionPool(BasePool[CT]):
             if entry is not None:
                 entry.conn = conn
                 now = engine.clock()
-                self._usage += now - entry.borrowed_at
+                held = now - entry.borrowed_at
+                self._usage += held
+                use_times = engine.use_times
+                if use_times is not None:  # an exporter is attached (see _timings.py)
+                    use_times.append(held)
                 # (No epoch test: drain() gives lent connections an expiry in the past.)
                 if (
                     self._rollback_only
@@ -583,14 +591,14 @@ class AsyncConnectionPool(BasePool[CT]):
                 if self.reset_policy is None and driver.transaction_status(conn) == IDLE:
                     ok = True
                 elif self.reset_policy is None:
-                    ok = await aclean(driver, conn, entry.state)
+                    ok = await aclean(driver, conn, entry.state, name=self.name)
                 else:
-                    ok = await aclean(driver, conn, entry.state, self._reset_extra)
+                    ok = await aclean(driver, conn, entry.state, self._reset_extra, name=self.name)
         except BaseException:
             # Cancelled while cleaning: the connection's state is unknown. Close it.
             with engine.lock:
                 engine.pending -= 1
-                engine.retire_locked(entry)
+                engine.retire_locked(entry, reason="interrupted")
             engine.close_one(entry)
             if not self._closed:
                 self._upkeep.request_connections()
@@ -613,7 +621,9 @@ class AsyncConnectionPool(BasePool[CT]):
             if keep:
                 keep = self._give_back_locked(entry, engine.clock())
             else:
-                engine.retire_locked(entry)
+                engine.retire_locked(
+                    entry, reason=self._return_reason(broken, ok, drained, expired)
+                )
             if not keep and ok:
                 if drained:
                     self._settings.counters["connections_drained"] += 1
@@ -671,7 +681,7 @@ class AsyncConnectionPool(BasePool[CT]):
                     ordered = sorted(engine.idle, key=lambda e: e.idle_since)
                     engine.idle.clear()
                     engine.idle.extend(ordered)
-                engine.retire_locked(*bad)
+                engine.retire_locked(*bad, reason="dead")
             engine.close(bad)
 
     async def check(self) -> None:
