@@ -54,6 +54,12 @@ _CANCELLED_CONNECT = (
     " Passed on the second try",
 )
 
+_NULL_WAIT = (
+    "missing",
+    "the null pool's `wait()` returns at once (min_size 0); psycopg_pool's opens one test"
+    " connection and raises `PoolTimeout` if it can't (connectivity check at startup)",
+)
+
 VERDICTS: dict[str, tuple[str, str]] = {
     # ---- test_pool.py (ConnectionPool) ---------------------------------------------------
     "test_pool.py::test_generic_connection_type": (
@@ -219,6 +225,77 @@ VERDICTS: dict[str, tuple[str, str]] = {
     "test_pool_common.py::test_check_init[ConnectionPool]": _CHECK_SKIPPED,
     "test_pool_common.py::test_check_timeout[ConnectionPool]": _CHECK_SKIPPED,
     "test_pool_common.py::test_drain[ConnectionPool]": ("missing", "`drain()`"),
+    # ---- NullConnectionPool (sync and async share these through sync_twin) ----------------
+    "test_pool_common.py::test_defaults[NullConnectionPool]": (
+        "deliberate",
+        "`num_workers` defaults to 4 (connections opened at once), psycopg_pool's to 3",
+    ),
+    "test_pool_common.py::test_create_warning[NullConnectionPool]": (
+        "deliberate",
+        "no warning about the `open` default (psycopool's default is stable)",
+    ),
+    "test_pool_common.py::test_wait_closed[NullConnectionPool]": (
+        "bug",
+        "`wait()` on a closed pool returns instead of raising `PoolClosed` when `min_size` is 0:"
+        " it tests 'enough connections' (0 >= 0) before 'closed'; swap the two tests",
+    ),
+    "test_pool_common.py::test_setup_no_timeout[NullConnectionPool]": _NULL_WAIT,
+    "test_pool_common.py::test_configure_badstate[NullConnectionPool]": (
+        "deliberate",
+        "what `configure` leaves in a transaction is committed (and the null pool's `wait()`"
+        " opens no test connection, see `test_configure_broken`)",
+    ),
+    "test_pool_common.py::test_configure_broken[NullConnectionPool]": _NULL_WAIT,
+    "test_pool_common.py::test_queue[NullConnectionPool]": (
+        "private",
+        "asserts `conn._pool is p` (psycopg_pool's private attribute on the connection)",
+    ),
+    "test_pool_common.py::test_close_no_tasks[NullConnectionPool]": _SCHED,
+    "test_pool_common.py::test_reopen[NullConnectionPool]": _SCHED,
+    "test_pool_common.py::test_del_stops_threads[NullConnectionPool]": _SCHED,
+    "test_pool_common.py::test_closed_queue[NullConnectionPool]": _WAITING,
+    "test_pool_common.py::test_dead_client[NullConnectionPool]": _P_POOL,
+    "test_pool_common.py::test_jitter[NullConnectionPool]": ("private", "calls `_jitter`"),
+    "test_pool_common.py::test_open_explicit[NullConnectionPool]": (
+        "naming",
+        "message: \"pool 'x' is closed\" where the test matches 'is already closed'",
+    ),
+    "test_pool_common.py::test_close_connection_on_pool_close[NullConnectionPool]": (
+        "deliberate",
+        "`close()` closes lent connections (after its timeout); the block then raises"
+        " `PoolClosed` saying its transaction was not committed",
+    ),
+    "test_pool_common.py::test_stats_usage[NullConnectionPool]": (
+        "deliberate",
+        "`requests_queued` is 7 where psycopg_pool says 4: a psycopool borrower never connects"
+        " itself (a connector opens the connection and hands it over), so every borrow of a"
+        " null pool waits and is counted as queued",
+    ),
+    "test_pool_common.py::test_check_connection[NullConnectionPool-True]": _CHECK_CONNECTION,
+    "test_pool_common.py::test_check_connection[NullConnectionPool-False]": _CHECK_CONNECTION,
+    "test_pool_null.py::test_default_sizes": (
+        "naming",
+        "`max_size=None` (no bound) is reported as `max_size == 262143` (psycopool's MAX_SIZE);"
+        " psycopg_pool reports 0",
+    ),
+    "test_pool_null.py::test_wait_ready": _NULL_WAIT,
+    "test_pool_null.py::test_reset": _WAITING,
+    "test_pool_null.py::test_reset_badstate": _WAITING,
+    "test_pool_null.py::test_reset_broken": _WAITING,
+    "test_pool_null.py::test_intrans_rollback": _WAITING,
+    "test_pool_null.py::test_inerror_rollback": _WAITING,
+    "test_pool_null.py::test_active_close": _WAITING,
+    "test_pool_null.py::test_fail_rollback_close": _WAITING,
+    "test_pool_null.py::test_bad_resize": (
+        "bug",
+        "`resize(min_size=1)` on a null pool is accepted (the constructor refuses min_size != 0);"
+        " it should raise ValueError",
+    ),
+    "test_pool_null.py::test_close_returns": _CLOSE_RETURNS,
+    "test_pool_null.py::test_generic_connection_type": (
+        "missing",
+        "`connection_class=MyConnection[MyRow]` (a parametrised generic alias) is refused",
+    ),
     # ---- async-only verdicts (the others follow their sync twin) --------------------------
     "test_pool_async.py::test_wait_ready": _CANCELLED_CONNECT,
     "test_pool_async.py::test_open_wait": _CANCELLED_CONNECT,
@@ -231,7 +308,7 @@ VERDICTS: dict[str, tuple[str, str]] = {
         "private",
         "patches `AsyncConnectionPool._add_to_pool`",
     ),
-    "test_pool_common_async.py::test_create_warning[asyncio-AsyncConnectionPool]": (
+    "test_pool_common_async.py::test_create_warning": (
         "deliberate",
         "psycopg_pool warns (RuntimeWarning) on `open=True` in the constructor of an async pool;"
         " psycopool opens it when a loop runs and raises a clear error when none does",
