@@ -103,17 +103,27 @@ def summarize(out: Path) -> str:
         f"| **total** | {totals['tests']} | {totals['good']} | {totals['ok']} | {totals['bad']} |"
     )
     lines.append("")
-    lines.append("| class under test | pass on psycopg_pool | of those, pass on psycopool | fail |")
-    lines.append("|---|---:|---:|---:|")
-    for cls in (
+    lines.append(
+        "| class under test | pass on psycopg_pool | of those, pass on psycopool | fail | "
+        + " | ".join(CATEGORIES)
+        + " |"
+    )
+    lines.append("|---|---:|---:|---:|" + "---:|" * len(CATEGORIES))
+    classes = (
         "ConnectionPool",
         "NullConnectionPool",
         "AsyncConnectionPool",
         "AsyncNullConnectionPool",
-    ):
+    )
+    for cls in classes:
         good = [t for t in base if base[t][0] == "passed" and pool_class(t) == cls]
         ok = [t for t in good if ours.get(t, ("",))[0] == "passed"]
-        lines.append(f"| {cls} | {len(good)} | {len(ok)} | {len(good) - len(ok)} |")
+        cats = Counter(classify(t, ours.get(t, ("", ""))[1])[0] for t in good if t not in ok)
+        lines.append(
+            f"| {cls} | {len(good)} | {len(ok)} | {len(good) - len(ok)} | "
+            + " | ".join(str(cats[c]) for c in CATEGORIES)
+            + " |"
+        )
     lines.append("")
     lines.append("| file | " + " | ".join(CATEGORIES) + " |")
     lines.append("|---|" + "---:|" * len(CATEGORIES))
