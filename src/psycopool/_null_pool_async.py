@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from psycopool._args import MAX_SIZE
-from psycopool._base import CT
+from psycopool._base import CT, positive
+from psycopool._drivers import hide_password
 from psycopool._engine import PooledConnection
+from psycopool._errors import PoolTimeout
 from psycopool._pool_async import AsyncConnectionPool
 
 
@@ -36,3 +39,74 @@ class AsyncNullConnectionPool(AsyncConnectionPool[CT]):
             return True
         engine.retire_locked(entry)
         return False
+
+    async def getconn(self, timeout: float | None = None) -> CT:
+        """Connect for this borrower if there is room and no one waits; else queue as usual.
+
+        Connecting is bounded by ``timeout`` too (then :class:`PoolTimeout`). A
+        borrower that queues waits for a returned connection or a new one.
+        """
+        timeout = self.timeout if timeout is None else positive("timeout", timeout)
+        engine = self._engine
+        with engine.lock:
+            room = self._usable and not engine.waiters and engine.size < engine.max_size
+            if room:
+                self._requests_num += 1
+                engine.pending += 1
+                epoch = engine.epoch
+        if not room:
+            return await super().getconn(timeout)
+        entry = await self._open_reserved(timeout, epoch)
+        with engine.lock:
+            engine.pending -= 1
+            if self._closed:
+                engine.retire_locked(entry)
+            else:
+                engine.lend_new_locked(entry)
+        if self._closed:
+            engine.close_one(entry)
+            raise self._closed_error()
+        if self._liveness_only or await self._checked(entry):
+            return self._lend(entry)
+        self._drop(entry, entry.conn, "lost")
+        return await super().getconn(timeout)
+
+    async def _open_reserved(self, timeout: float, epoch: int) -> PooledConnection:
+        """Open a connection for a slot already counted pending, within ``timeout`` seconds."""
+        engine = self._engine
+        start = engine.clock()
+        try:
+            conn = await asyncio.wait_for(self._open_one(), timeout)
+        except asyncio.TimeoutError:
+            engine.connect_failed()
+            with engine.lock:
+                self._requests_errors += 1
+            raise self._err(
+                PoolTimeout,
+                f"couldn't connect for pool {self.name!r} within {timeout:.2f} s"
+                f"{self._last_error_hint()}",
+            ) from None
+        except asyncio.CancelledError:
+            with engine.lock:
+                engine.pending -= 1  # not a failed attempt
+            raise
+        except Exception as exc:
+            engine.connect_failed()
+            engine.last_connect_error = hide_password(str(exc).strip()) or type(exc).__name__
+            raise
+        return engine.register(conn, start, epoch)
+
+    async def wait(self, timeout: float = 30.0) -> None:
+        """Open one connection and close it: the server is reachable (psycopg_pool's meaning)."""
+        timeout = positive("timeout", timeout)
+        if not self._usable:
+            raise self._closed_error()
+        engine = self._engine
+        with engine.lock:
+            engine.pending += 1
+            epoch = engine.epoch
+        entry = await self._open_reserved(timeout, epoch)
+        with engine.lock:
+            engine.pending -= 1
+            engine.retire_locked(entry)
+        engine.close_one(entry)

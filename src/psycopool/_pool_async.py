@@ -268,6 +268,8 @@ class AsyncConnectionPool(BasePool[CT]):
             if tasks:
                 await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
         finally:
+            for task in tasks:
+                task.cancel()  # connectors still connecting after the timeout
             with engine.lock:
                 leftovers = engine.close_all_locked()
             for entry in leftovers:

@@ -56,6 +56,7 @@ class AsyncUpkeep:
         self._connecting = 0  # connector tasks alive; under the engine lock
         self._backoff = Backoff(settings.reconnect_timeout)  # under the engine lock
         self._tasks: set[asyncio.Task[None]] = set()
+        self._connecting_now: set[asyncio.Task[Any]] = set()  # connectors inside connect
 
     # -- life cycle ----------------------------------------------------------
 
@@ -67,12 +68,17 @@ class AsyncUpkeep:
         self.spawn(_upkeep_loop(pass_fn, self._wake, self._tick(), self))
 
     def stop(self) -> list[asyncio.Task[None]]:
-        """Cancel every task; returns them, to be awaited by a caller that can."""
+        """Stop every task; returns them, to be awaited by a caller that can.
+
+        A connector in the middle of connecting is let finish (it then closes what it
+        opened, the pool being closed): cancelled, a connect override that awaits after
+        connecting would drop an open connection. The caller cancels what outlasts it.
+        """
         self._stopped = True
         tasks = [t for t in self._tasks if not t.done()]
         current = asyncio.current_task() if self._running_here() else None
         for task in tasks:
-            if task is not current:
+            if task is not current and task not in self._connecting_now:
                 task.cancel()
         return [t for t in tasks if t is not current]
 
@@ -136,8 +142,14 @@ class AsyncUpkeep:
                     engine.pending += 1
                     epoch = engine.epoch
                 start = engine.clock()
+                task = asyncio.current_task()
+                if task is not None:
+                    self._connecting_now.add(task)
                 try:
-                    conn = await self._connect()
+                    try:
+                        conn = await self._connect()
+                    finally:
+                        self._connecting_now.discard(task)
                 except asyncio.CancelledError:
                     with engine.lock:
                         engine.pending -= 1  # stopped: not a failed attempt

@@ -202,14 +202,21 @@ def get_driver(driver: Any) -> Driver:
 
 
 def get_async_driver(driver: Any) -> AsyncDriver:
-    """The async driver: "psycopg", or a subclass of ``psycopg.AsyncConnection`` to connect with."""
-    if driver == "psycopg" or isinstance(driver, type):
+    """The async driver: "psycopg", or a subclass of ``psycopg.AsyncConnection`` to connect with.
+
+    A parametrised generic (``MyConnection[MyRow]``) is accepted: checked as its origin
+    class, and kept as given to connect with.
+    """
+    import typing
+
+    cls = typing.get_origin(driver) or driver
+    if driver == "psycopg" or isinstance(cls, type):
         from psycopool._drivers._psycopg_async import AsyncPsycopgDriver
 
         found = AsyncPsycopgDriver()
         if driver == "psycopg":
             return found
-        if issubclass(driver, found.connection_class):
+        if issubclass(cls, found.connection_class):
             found.connection_class = driver
             return found
     raise ValueError(
