@@ -544,3 +544,24 @@ def test_async_pool_timeout_names_the_task_and_metrics_count_its_borrows(dsn: st
         )
         == 1
     )
+
+
+def test_otel_thins_samples_above_its_rate_cap_and_says_so(
+    dsn: str, otel: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import psycopool.metrics.otel as otel_module
+
+    provider, read = otel
+    monkeypatch.setattr(otel_module, "MAX_RECORDS_PER_FLUSH", 4)
+    p = dropin.ThreadedConnectionPool(1, 1, dsn)
+    try:
+        otel_module.instrument(p, meter_provider=provider, name="busy")
+        for _ in range(10):
+            p.putconn(p.getconn())
+        with caplog.at_level("WARNING", logger="psycopool"):
+            metrics = read()
+        assert _point(metrics["db.client.connection.use_time"]).count == 4  # 1 in 3 kept
+        assert _point(metrics["db.client.connection.wait_time"]).count == 3
+        assert "keep 1 in 3" in caplog.text
+    finally:
+        p.closeall()

@@ -26,6 +26,7 @@ and once a second in the background, never on the borrower's path.
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Iterable
@@ -40,9 +41,16 @@ from psycopool.metrics._view import FLUSHER, PoolView
 
 __all__ = ["SEMCONV_VERSION", "Instrumentation", "instrument"]
 
+logger = logging.getLogger("psycopool")
+
 #: The semantic conventions version these instruments follow.
 SEMCONV_VERSION = "1.44.0"
 SCHEMA_URL = f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
+
+#: Samples recorded per histogram, pool and flush (about a second) at most. The SDK's
+#: Histogram.record costs microseconds per call: above this rate the samples are thinned
+#: evenly (every k-th kept, so the distribution's shape stays) and a warning is logged once.
+MAX_RECORDS_PER_FLUSH = 20_000
 
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
@@ -142,9 +150,28 @@ class _Instruments:
         histograms = {"wait": self.wait_time, "use": self.use_time, "create": self.create_time}
         ref = weakref.ref(self)
 
+        warned: list[bool] = []
+
         def sink(kind: str, samples: list[float], zeros: int) -> None:
             if ref() is None:
                 return
+            total = len(samples) + zeros
+            if total > MAX_RECORDS_PER_FLUSH:
+                step = -(-total // MAX_RECORDS_PER_FLUSH)
+                samples = samples[::step]
+                zeros //= step
+                if not warned:
+                    warned.append(True)
+                    logger.warning(
+                        "pool %r: %d %s-time samples in one flush: OpenTelemetry histograms"
+                        " now keep 1 in %d above %d per second (the Prometheus collector"
+                        " keeps them all)",
+                        name,
+                        total,
+                        kind,
+                        step,
+                        MAX_RECORDS_PER_FLUSH,
+                    )
             record = histograms[kind].record
             for value in samples:
                 record(value, attributes)
