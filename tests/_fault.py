@@ -83,7 +83,16 @@ class Outcome:
         return {name for _, name in self.errors}
 
 
-def outcome(ops: list[list[Any]], fault_at: float, lifted_at: float, threads: int) -> Outcome:
+def outcome(
+    ops: list[list[Any]],
+    fault_at: float,
+    lifted_at: float,
+    threads: int,
+    until: float | None = None,
+) -> Outcome:
+    """What ``ops`` show, leaving out those ending after ``until`` (close() began)."""
+    if until is not None:
+        ops = [op for op in ops if op[2] < until]
     errors = sorted((end - fault_at, name) for _, _, end, ok, name, _ in ops if not ok)
     after = [e for e in errors if e[0] >= 0]
     first_error = after[0][0] if after else None

@@ -99,7 +99,7 @@ def test_frozen_server(server: Frozen, driver: str) -> None:
         closed = worker.send("close 2", "closed", 30)
     finally:
         worker.kill()
-    result = outcome(closed["ops"], frozen_at, thawed_at, threads=6)
+    result = outcome(closed["ops"], frozen_at, thawed_at, threads=6, until=closed["t"])
     print(f"{driver}: {result}")
     # Two borrowers had no connection: PoolTimeout after their 2 s. No connection was lost.
     assert result.error_classes() == {"PoolTimeout"}

@@ -119,7 +119,7 @@ def test_silent_cut(net: Net, driver: str) -> None:
         closed = worker.send("close 2", "closed", 30)
     finally:
         worker.kill()
-    result: Outcome = outcome(closed["ops"], cut_at, restored_at, threads=4)
+    result: Outcome = outcome(closed["ops"], cut_at, restored_at, threads=4, until=closed["t"])
     print(f"{driver}: {result}")
     # Queries hung on the cut end with the driver's error once network_timeout has passed;
     # borrowers then wait for a new connection and get PoolTimeout. Nothing else.

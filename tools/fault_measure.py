@@ -14,9 +14,12 @@ every thread worked again, the longest operation, the server's count against the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +94,7 @@ class Admin:
                     )
                     n: int = cur.fetchone()[0]
                 return n
-            except psycopg2.OperationalError:
+            except psycopg2.Error:  # a restart ended the admin connection
                 self.conn.close()
                 if attempt == 2:
                     raise
@@ -153,7 +156,7 @@ def fault_run(
         closed = worker.send("close 5", "closed", 120)
     finally:
         worker.kill()
-    result = outcome(closed["ops"], fault_at, lifted_at, threads=4)
+    result = outcome(closed["ops"], fault_at, lifted_at, threads=4, until=closed["t"])
     kinds: dict[str, int] = {}
     for _, name in result.errors:
         kinds[name] = kinds.get(name, 0) + 1
@@ -171,6 +174,27 @@ def fault_run(
     }
 
 
+@contextlib.contextmanager
+def fault_for(begin: Any, end: Any, length: float) -> Iterator[None]:
+    """The fault for the block, and lifted after ``length`` seconds even if the block hangs
+    (an unbounded call then returns when the fault is gone, which is what is measured)."""
+    once = threading.Lock()
+
+    def lift() -> None:
+        if once.acquire(blocking=False):
+            end()
+
+    begin()
+    timer = threading.Timer(length, lift)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        lift()
+        timer.join()
+
+
 def during_fault(
     dsn: str,
     config: dict[str, Any],
@@ -184,30 +208,24 @@ def during_fault(
     worker, _ = start(dsn, config, prefix)
     try:
         time.sleep(1)
-        begin()
-        try:
+        with fault_for(begin, end, length):
             time.sleep(2)
-            out["close_during"] = worker.send("close 2", "closed", length + 120)["duration"]
-        finally:
-            end()
+            closed = worker.send("close 2", "closed", length + 120)
+            out["close_during"] = closed["duration"]
+            out["still_stuck_2s_after_close"] = closed["stuck"]
     finally:
         worker.kill()
-    worker, _ = start(dsn, config, prefix, check="ping", threads=0)
-    try:
-        begin()
-        started = time.monotonic()
+    for command in ("check", "getconn 3"):  # each on a fresh pool, its idle connections unchecked
+        worker, _ = start(dsn, config, prefix, check="ping", threads=0)
         try:
-            out["check_during"] = worker.send("check", "check", length + 120)["duration"]
-            got = worker.send("getconn 3", "getconn", length + 120)
-            out["ping_getconn3"] = got["duration"]
-            out["ping_getconn3_error"] = got["error"]
+            with fault_for(begin, end, length):
+                got = worker.send(command, command.split()[0], length + 120)
+            key = "check_during" if command == "check" else "ping_getconn3"
+            out[key] = got["duration"]
+            out[key + "_error"] = got["error"]
+            worker.send("close 2", "closed", 120)
         finally:
-            # Keep the fault up for as long as the other runs did, at most.
-            time.sleep(max(0.0, min(2.0, length - (time.monotonic() - started))))
-            end()
-        worker.send("close 2", "closed", 120)
-    finally:
-        worker.kill()
+            worker.kill()
     return out
 
 
