@@ -55,7 +55,9 @@ class PooledConnection:
         "idle_since",
         "key",
         "leak_reported",
+        "owner",
         "ref",
+        "returner",
         "stack",
         "state",
     )
@@ -79,6 +81,12 @@ class PooledConnection:
         self.epoch = 0
         #: The drop-in's key while checked out.
         self.key: Any = None
+        #: Loan matching (see :func:`stale_return`): the thread the connection is
+        #: lent to (``threading.get_ident()``), 0 while it is not lent to anyone
+        #: yet (in transit to a waiter, or just opened); and the last thread that
+        #: returned it.
+        self.owner = 0
+        self.returner = 0
         #: The borrower's stack, kept only when leak detection is on.
         self.stack: Stack | None = None
         #: The borrowing thread's ident (or a task's name), kept when borrowers are tracked.
@@ -309,6 +317,7 @@ class Engine:
             waiter = waiters.popleft()
             if waiter.hand(entry):
                 self.in_use[id(entry.conn)] = entry
+                entry.owner = 0  # in transit: the waiter makes itself the owner
                 entry.borrowed_at = now
                 if self.wait_times is not None:
                     self.wait_times.append(time.monotonic() - waiter.since)
@@ -474,6 +483,27 @@ class Engine:
 
 #: Close reasons logged at INFO (something was wrong with the connection); others at DEBUG.
 BROKEN_REASONS = frozenset({"dead", "failed check", "failed reset", "broken"})
+
+
+def stale_return(entry: PooledConnection, me: int) -> bool:
+    """Is thread ``me`` returning a loan that is not its own? (Lock held, entry in use.)
+
+    A return is matched to its loan, not only to the connection object. It is
+    refused when the connection is in transit to a waiter (no one holds that
+    loan yet), or when ``me`` is the thread that returned it last and it has
+    since been lent to another thread that is still running: a second, stale
+    return. A return by a thread other than the borrower is accepted (borrowed
+    in one thread, returned by another, or on behalf of a borrower that ended).
+    The one case that can't be told apart from a stale return, and is refused
+    too: a thread returning, on behalf of a borrower still running, a
+    connection that it was itself the last to return.
+    """
+    owner = entry.owner
+    if owner == me:
+        return False
+    if owner == 0:
+        return True
+    return entry.returner == me and any(t.ident == owner for t in threading.enumerate())
 
 
 def _on_dropped(dropped: deque[PooledConnection], entry: PooledConnection, _ref: object) -> None:
