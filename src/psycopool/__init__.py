@@ -2,7 +2,8 @@
 
 - :class:`ConnectionPool`: the modern pool (fair waits, health checks,
   lifetimes, session reset, background upkeep, statistics), for psycopg2
-  and psycopg 3.
+  and psycopg 3. :class:`NullConnectionPool`: the same, keeping no idle
+  connection.
 - :class:`AsyncConnectionPool`, :class:`AsyncNullConnectionPool`: the same
   pool for asyncio and psycopg 3's ``AsyncConnection`` (imported on first use).
 - ``from psycopool import pool``: a drop-in replacement for ``psycopg2.pool``.
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from psycopool._loans import Loan
+from psycopool._null_pool import NullConnectionPool
 from psycopool._pool import ConnectionPool
 
 if TYPE_CHECKING:
@@ -23,6 +25,7 @@ __all__ = [
     "AsyncNullConnectionPool",
     "ConnectionPool",
     "Loan",
+    "NullConnectionPool",
     "PoolClosed",
     "PoolError",
     "PoolTimeout",

@@ -14,7 +14,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, get_origin
 
 from psycopool._args import as_count, as_seconds, as_timeout, show
 from psycopool._args import check_sizes as _check_sizes
@@ -159,9 +159,10 @@ class BasePool(Generic[CT]):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string or None; got {show(name)}")
         if connection_class is not None:
-            if not isinstance(connection_class, type):
+            cls = get_origin(connection_class) or connection_class  # MyConn[Row] -> MyConn
+            if not isinstance(cls, type):
                 raise TypeError(f"connection_class must be a class; got {show(connection_class)}")
-            driver = connection_class  # its driver connects with it (psycopg 3 or psycopg2)
+            driver = cls  # its driver connects with it (psycopg 3 or psycopg2)
         self.name = name or f"pool-{next(_names)}"
         #: None, "session" or "transaction": what sits between the pool and the server.
         self.pooler = check_pooler(pooler, reset)

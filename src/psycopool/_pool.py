@@ -12,35 +12,33 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Mapping
-from threading import get_ident
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-from psycopool._args import MAX_SECONDS, as_timeout
+from psycopool._args import as_timeout
 from psycopool._base import (
     CT,
     DEFAULT_NUM_WORKERS,
-    BasePool,
     CheckPolicy,
     ResetPolicy,
     positive,
 )
-from psycopool._drivers import IDLE, INTRANS, hide_password
-from psycopool._engine import PooledConnection, Waiter
-from psycopool._errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
-from psycopool._health import RECENTLY_USED, is_alive, ping
-from psycopool._loans import Stack
+from psycopool._drivers import IDLE, INTRANS
+from psycopool._engine import PooledConnection
+from psycopool._errors import PoolClosed, PoolError, PoolTimeout
+from psycopool._health import ping
+from psycopool._lending import LendingPool, returning_class
 from psycopool._network import DEFAULT_NETWORK_TIMEOUT, interrupt
 from psycopool._pooler import Pooler
-from psycopool._readonly import server_turned_read_only
-from psycopool._reset import clean
 from psycopool._upkeep import Upkeep
 
 logger = logging.getLogger("psycopool")
+_Pool = TypeVar("_Pool", bound="ConnectionPool[Any]")
 
 
-class ConnectionPool(BasePool[CT]):
+class ConnectionPool(LendingPool[CT]):
     """A pool of PostgreSQL connections that waits fairly, checks, cleans and maintains them.
 
     ``conninfo`` (a string, or a callable returning one at every connect) and
@@ -76,6 +74,7 @@ class ConnectionPool(BasePool[CT]):
         reconnect_failed: Callable[[Any], object] | None = None,
         num_workers: int = DEFAULT_NUM_WORKERS,
         pooler: Pooler = None,
+        close_returns: bool = False,
         open: bool = True,
     ) -> None:
         super().__init__(
@@ -101,6 +100,14 @@ class ConnectionPool(BasePool[CT]):
             pooler=pooler,
         )
         self._reset_extra = self._reset_function(reset)
+        if close_returns:
+            self.close_returns = True
+            driver_ = self._driver
+            if not (driver_.name == "psycopg" and _psycopg_returns_on_close()):
+                # psycopg >= 3.3's close() returns a connection whose _pool is set
+                # itself; elsewhere a subclass of the connection class does.
+                driver_.connection_class = returning_class(driver_.connection_class)
+        self._init_lending()
         engine = self._engine
         engine.track_dropped = True
         engine.after_fork = self._after_fork
@@ -130,6 +137,10 @@ class ConnectionPool(BasePool[CT]):
         conninfo, kwargs = self._connect_arguments()
         driver = self._driver
         conn = driver.connect(conninfo, kwargs)
+        if driver.name == "psycopg" and not hasattr(conn, "_pool"):
+            # psycopg's mark of a pooled connection: no ResourceWarning of its own
+            # when an abandoned pool's connections are collected (the pool warns once).
+            conn._pool = None
         if self._configure is not None:
             try:
                 self._configure(conn)
@@ -236,7 +247,7 @@ class ConnectionPool(BasePool[CT]):
             )
         engine.watcher.close()
 
-    def __enter__(self) -> ConnectionPool[CT]:
+    def __enter__(self: _Pool) -> _Pool:
         self.open()
         return self
 
@@ -249,290 +260,39 @@ class ConnectionPool(BasePool[CT]):
         self.close()
 
     def __del__(self) -> None:
-        # An abandoned pool: stop its threads (they hold no reference to it).
+        # An abandoned pool: one warning naming it, then stop its threads (they
+        # hold no reference to it) and close its idle connections.
         upkeep = getattr(self, "_upkeep", None)
-        if upkeep is not None and not getattr(self, "_closed", True):
-            upkeep.stop(None)
+        if upkeep is None or getattr(self, "_closed", True) or not getattr(self, "_opened", 0):
+            return
+        self._closed = True
+        self._usable = False
+        warnings.warn(
+            f"psycopool: pool {self.name!r} was garbage-collected without being closed;"
+            " use `with ConnectionPool(...) as pool:` or call pool.close()",
+            ResourceWarning,
+            stacklevel=2,
+        )
+        upkeep.stop(None)
+        engine = self._engine
+        if engine.lock.acquire(timeout=1.0):
+            try:
+                engine.closed = True
+                idle = list(engine.idle)
+                engine.idle.clear()
+                engine.retire_locked(*idle)
+            finally:
+                engine.lock.release()
+            try:
+                engine.close(idle)
+            except Exception:
+                pass  # interpreter shutdown: the driver may be half gone
 
     def _after_fork(self) -> None:
         """In a forked child: the engine dropped the parent's connections; restart upkeep."""
         self._upkeep.reset_after_fork(
             self._upkeep_pass if self._opened and not self._closed else None
         )
-
-    # -- borrowing -----------------------------------------------------------
-
-    def getconn(self, timeout: float | None = None) -> Any:
-        """Borrow a connection, waiting up to ``timeout`` seconds (default: the pool's).
-
-        Raises :class:`PoolTimeout`, :class:`TooManyRequests` or :class:`PoolClosed`.
-        Return it with :meth:`putconn`, or use :meth:`connection` instead.
-        """
-        if timeout is None:
-            timeout = self.timeout
-        elif type(timeout) is not float or not 0.0 < timeout <= MAX_SECONDS:  # else checked in full
-            timeout = positive("timeout", timeout)
-        engine = self._engine
-        lock = engine.lock
-        deadline = 0.0
-        counted = False
-        while True:
-            waiter: Waiter | None = None
-            lock.acquire()
-            try:
-                if not self._usable:
-                    raise self._closed_error()
-                if not counted:
-                    counted = True
-                    self._requests_num += 1
-                idle = engine.idle
-                if idle:
-                    entry = idle.pop()
-                    engine.in_use[id(entry.conn)] = entry
-                else:
-                    if engine.dropped:
-                        engine.reclaim_dropped_locked()
-                    if self.max_waiting and len(engine.waiters) >= self.max_waiting:
-                        self._requests_errors += 1
-                        waiting = len(engine.waiters)
-                        raise self._err(
-                            TooManyRequests,
-                            f"pool {self.name!r} already has {waiting} requests waiting",
-                        )
-                    waiter = Waiter()
-                    engine.waiters.append(waiter)
-                    self._requests_queued += 1
-            finally:
-                lock.release()
-            if waiter is not None:
-                if not deadline:
-                    deadline = time.monotonic() + timeout
-                entry = self._wait(waiter, deadline, timeout)
-                # Handed over by a borrower that returned it clean, or newly opened. Its
-                # socket is still looked at: the server may have ended it while it was
-                # lent, unnoticed by a borrower who ran nothing after. Waiting already
-                # cost far more than this one system call.
-                conn = entry.conn
-                if is_alive(self._driver, conn, entry.fd, self._engine.watcher):
-                    return self._lend(entry)
-                self._drop(entry, conn, lost=True, reason="dead")
-                continue
-            conn = entry.conn
-            now = self.clock()
-            if now < entry.expires_at:
-                # Both drivers' connections have `closed`: true once closed or broken.
-                if (
-                    self._liveness_only
-                    and now - entry.idle_since < RECENTLY_USED
-                    and not conn.closed
-                ):
-                    # The hot path: _lend() inlined.
-                    entry.conn = None
-                    entry.borrowed_at = now
-                    if self.leak_timeout is not None:
-                        entry.stack = Stack(1)
-                        entry.borrower = get_ident()
-                        entry.leak_reported = False
-                    return conn
-                if not deadline:
-                    deadline = time.monotonic() + timeout
-                try:
-                    passed = self._passes_check(entry, deadline)
-                except BaseException:
-                    self.putconn(conn)  # interrupted: the connection goes back
-                    raise
-                if passed:
-                    return self._lend(entry)
-            self._drop(entry, conn, lost=now < entry.expires_at)
-            if not deadline:
-                deadline = time.monotonic() + timeout
-
-    def _lend(self, entry: PooledConnection) -> Any:
-        """Hand the connection out: from now on only the borrower keeps it alive."""
-        conn = entry.conn
-        entry.conn = None
-        entry.borrowed_at = self.clock()
-        if self.leak_timeout is not None:
-            entry.stack = Stack(2)
-            entry.borrower = get_ident()
-            entry.leak_reported = False
-        return conn
-
-    def _passes_check(self, entry: PooledConnection, deadline: float) -> bool:
-        """Run the configured check on a connection taken from the idle stack.
-
-        A ping still unanswered at the borrower's ``deadline`` fails.
-        """
-        policy = self.check_policy
-        if policy is None:
-            return not self._driver.is_closed(entry.conn)
-        if not self._engine.is_alive(entry):
-            return False
-        if policy == "liveness":
-            return True
-        if policy == "ping":
-            return ping(self._driver, entry.conn, entry.fd, deadline)
-        try:
-            policy(entry.conn)
-        except Exception as exc:
-            logger.info("pool %r: check failed: %s", self.name, hide_password(str(exc).strip()))
-            return False
-        return self._driver.transaction_status(entry.conn) == IDLE
-
-    def _drop(
-        self, entry: PooledConnection, conn: Any, *, lost: bool, reason: str | None = None
-    ) -> None:
-        """Discard a connection that failed its check or outlived max_lifetime; ask for another."""
-        engine = self._engine
-        if reason is None:
-            # A check of the socket or a ping that fails means the session ended.
-            reason = (
-                ("failed check" if callable(self.check_policy) else "dead") if lost else "expired"
-            )
-        with engine.lock:
-            engine.in_use.pop(id(conn), None)
-            engine.retire_locked(entry, reason=reason)
-            if lost:
-                engine.connections_lost += 1
-            else:
-                self._settings.counters["connections_recycled"] += 1
-        engine.close_one(entry)
-        self._upkeep.request_connections()
-
-    def _wait(self, waiter: Waiter, deadline: float, timeout: float) -> PooledConnection:
-        """Wait in the FIFO queue until handed a connection, or until the deadline."""
-        self._upkeep.request_connections()
-        engine = self._engine
-        started = time.monotonic()
-        try:
-            waiter.event.wait(max(0.0, deadline - started))
-        except BaseException:
-            # Interrupted (KeyboardInterrupt...): leave the queue, and give back a
-            # connection handed over meanwhile, or it would be lost to the pool.
-            with engine.lock:
-                handed = waiter.entry
-                if handed is None and waiter in engine.waiters:
-                    engine.waiters.remove(waiter)
-            if handed is not None:
-                self.putconn(handed.conn)
-            raise
-        waited = time.monotonic() - started
-        with engine.lock:
-            self._requests_wait_ms += int(waited * 1000)
-            entry = waiter.entry
-            if entry is None:
-                try:
-                    engine.waiters.remove(waiter)
-                except ValueError:
-                    pass  # the pool was closed: close() emptied the queue
-                self._requests_errors += 1
-                if not self._closed:
-                    engine.timeouts += 1
-        if entry is not None:
-            self._log_slow_wait(waited)
-            return entry
-        if self._closed:
-            raise self._closed_error()
-        raise self._timeout_error(timeout)
-
-    def connection(self, timeout: float | None = None) -> _Borrowed:
-        """``with pool.connection() as conn:`` borrows; commits on success, rolls back on error."""
-        return _Borrowed(self, timeout)
-
-    # -- returning -----------------------------------------------------------
-
-    def putconn(self, conn: Any) -> None:
-        """Return a borrowed connection: cleaned and kept (or handed to a waiter), or closed."""
-        engine = self._engine
-        driver = self._driver
-        lock = engine.lock
-        lock.acquire()
-        try:
-            entry = engine.in_use.pop(id(conn), None)
-            if entry is None:
-                if self._closed:
-                    # Lent before close(timeout) gave up waiting for it: close() has
-                    # closed it already; returning it is still fine.
-                    driver.close(conn)
-                    return
-                raise self._not_lent_error(conn)
-            entry.conn = conn
-            now = engine.clock()
-            held = now - entry.borrowed_at
-            self._usage += held
-            use_times = engine.use_times
-            if use_times is not None:  # an exporter is attached (see _timings.py)
-                use_times.append(held)
-            if (
-                self._rollback_only
-                and self._usable
-                and not self._shrinking
-                and now < entry.expires_at
-                and driver.is_clean(conn, entry.state)
-            ):
-                # The usual case, decided under one lock with no I/O:
-                # Engine.give_back_locked(), its common branch inlined.
-                if engine.waiters:
-                    engine.give_back_locked(entry, now)
-                else:
-                    entry.idle_since = now
-                    engine.idle.append(entry)
-                return
-            engine.pending += 1
-        finally:
-            lock.release()
-        self._return_slow(entry, conn)
-
-    def _return_slow(self, entry: PooledConnection, conn: Any) -> None:
-        """Clean a returned connection outside the lock, then keep it or close it."""
-        engine = self._engine
-        driver = self._driver
-        broken = driver.is_closed(conn)
-        ok = not broken and not self._closed
-        if ok:
-            if self.reset_policy is None:
-                ok = driver.transaction_status(conn) == IDLE or clean(
-                    driver, conn, entry.state, session_sql=self._session_sql, name=self.name
-                )
-            else:
-                ok = clean(
-                    driver,
-                    conn,
-                    entry.state,
-                    self._reset_extra,
-                    session_sql=self._session_sql,
-                    name=self.name,
-                )
-        expired = engine.clock() >= entry.expires_at
-        with engine.lock:
-            engine.pending -= 1
-            if broken:
-                self._returns_bad += 1
-            drained = entry.epoch != engine.epoch
-            keep = (
-                ok
-                and not expired
-                and not drained
-                and not self._closed
-                and engine.size < engine.max_size
-            )
-            if self._shrinking:
-                self._shrinking = engine.size > engine.max_size
-            if keep:
-                engine.give_back_locked(entry, engine.clock())
-            else:
-                engine.retire_locked(
-                    entry, reason=self._return_reason(broken, ok, drained, expired)
-                )
-            if not keep and ok:
-                if drained:
-                    self._settings.counters["connections_drained"] += 1
-                elif expired:
-                    self._settings.counters["connections_recycled"] += 1
-        if not keep:
-            engine.close_one(entry)
-            if not self._closed:
-                self._upkeep.request_connections()
 
     # -- maintenance ---------------------------------------------------------
 
@@ -632,46 +392,9 @@ class ConnectionPool(BasePool[CT]):
         self.drain()
 
 
-class _Borrowed:
-    """The context manager returned by :meth:`ConnectionPool.connection`."""
+def _psycopg_returns_on_close() -> bool:
+    """psycopg >= 3.3: ``Connection.close()`` returns a connection to its ``_pool``."""
+    import psycopg
 
-    __slots__ = ("_conn", "_pool", "_timeout")
-
-    def __init__(self, pool: ConnectionPool[Any], timeout: float | None) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._conn: Any = None
-
-    def __enter__(self) -> Any:
-        self._conn = conn = self._pool.getconn(self._timeout)
-        return conn
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        conn = self._conn
-        self._conn = None
-        pool = self._pool
-        driver = pool._driver
-        try:
-            if exc_type is None:
-                if pool._closed and driver.is_closed(conn):
-                    raise pool._err(
-                        PoolClosed,
-                        f"pool {pool.name!r} was closed, and this connection with it, before"
-                        " the block ended: its transaction was not committed",
-                    )
-                driver.commit(conn)
-            elif not driver.is_closed(conn):
-                try:
-                    driver.rollback(conn)
-                except Exception:
-                    pass  # the connection is broken: putconn discards it
-                else:
-                    if server_turned_read_only(driver, conn, exc):
-                        pool._leave_read_only_server(conn)
-        finally:
-            pool.putconn(conn)
+    major, minor = (int(part) for part in psycopg.__version__.split(".")[:2])
+    return (major, minor) >= (3, 3)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from typing import Any
 
@@ -26,7 +27,7 @@ from psycopool._args import as_int_like, as_seconds, show
 from psycopool._drivers import IDLE as _IDLE
 from psycopool._drivers import hide_password, masked_error
 from psycopool._drivers._psycopg2 import Psycopg2Driver
-from psycopool._engine import Engine, PooledConnection
+from psycopool._engine import Engine, PooledConnection, stale_return
 from psycopool._errors import PoolError as _PoolErrorBase
 from psycopool._health import RECENTLY_USED
 from psycopool._loans import Loan
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("psycopool")
+_get_ident = threading.get_ident
 _driver = Psycopg2Driver()
 _names = itertools.count(1)
 
@@ -152,6 +154,7 @@ class AbstractConnectionPool:
     # -- getconn -------------------------------------------------------------
 
     def _getconn(self, key: Any = None) -> Any:
+        me = _get_ident()
         engine = self._engine
         lock = engine.lock
         used = self._used
@@ -180,6 +183,7 @@ class AbstractConnectionPool:
                     conn = entry.conn
                     engine.in_use[id(conn)] = entry
                     entry.key = key
+                    entry.owner = me
                     used[key] = conn
                 elif engine.size >= self.maxconn:
                     engine.timeouts += 1
@@ -224,6 +228,7 @@ class AbstractConnectionPool:
                 if existing is None:
                     engine.lend_new_locked(entry)
                     entry.key = key
+                    entry.owner = _get_ident()
                     self._used[key] = entry.conn
                     return entry.conn
                 # Another thread got a connection under the same key meanwhile.
@@ -236,6 +241,7 @@ class AbstractConnectionPool:
     # -- putconn -------------------------------------------------------------
 
     def _putconn(self, conn: Any = None, key: Any = None, close: bool = False) -> None:
+        me = _get_ident()
         engine = self._engine
         driver = engine.driver
         to_close: PooledConnection | None = None
@@ -248,11 +254,18 @@ class AbstractConnectionPool:
             entry = engine.in_use.pop(id(conn), None)
             if entry is None:
                 raise PoolError("trying to put unkeyed connection")
-            if key is not None and (key != entry.key or self._used.get(key) is not conn):
-                engine.in_use[id(conn)] = entry  # still lent: nothing changed
-                raise PoolError(
-                    f"trying to put a connection under key {key!r}, which is not the key it has"
-                )
+            if key is not None:
+                # A key matches the return to its loan exactly.
+                if key != entry.key or self._used.get(key) is not conn:
+                    engine.in_use[id(conn)] = entry  # still lent: nothing changed
+                    raise PoolError(
+                        f"trying to put a connection under key {key!r}, which is not the key it has"
+                    )
+            elif entry.owner != me and stale_return(entry, me):
+                # Returned already by this thread, and lent again since: a stale return.
+                engine.in_use[id(conn)] = entry  # lent to someone else: nothing changed
+                raise PoolError("trying to put unkeyed connection")
+            entry.returner = me
             del self._used[entry.key]
             now = engine.clock()
             if engine.use_times is not None:
