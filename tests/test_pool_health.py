@@ -212,11 +212,11 @@ def test_check_ping_replaces_terminated_connection(
 
 def test_check_callable_called_and_failure_replaces(pg_server: Any, app_name: str, dsn: str):
     seen: list[Any] = []
-    fail = {"on": False}
+    reject: list[Any] = []
 
     def check(conn: Any) -> None:
         seen.append(conn)
-        if fail["on"]:
+        if conn in reject:
             raise RuntimeError("rejected by the check")
 
     with ConnectionPool(dsn, min_size=1, max_size=1, check=check) as pool:
@@ -226,14 +226,15 @@ def test_check_callable_called_and_failure_replaces(pg_server: Any, app_name: st
             first = pid_of(conn)
         assert seen == [conn]
 
-        fail["on"] = True
+        reject.append(conn)
         time.sleep(PAST_RECENT)
         with pool.connection(timeout=5) as conn2:
-            # The caller never sees the rejected connection: a new one replaces it.
+            # The caller never sees the rejected connection: a new one replaces it,
+            # and is checked too (handed over by the connector).
             assert conn2 is not conn
             second = pid_of(conn2)
         assert second != first
-        assert seen[-1] is conn
+        assert seen[-2:] == [conn, conn2]
         assert pool.stats()["connections_lost"] == 1
         assert first not in pg_server.pids(app_name)
 
