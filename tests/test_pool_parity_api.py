@@ -161,6 +161,7 @@ def test_close_returns(pg_server: Any, dsn: str, driver: str, cls: Any):
             assert pid_of(again) == pid
         conn.close()  # not lent: not the pool's to take back (closing an idle one is refused)
         still = pool.getconn(timeout=5)
+        pool.close(timeout=0.1)
     # Closing the pool closes what is lent without looping through close().
     assert still.closed
 

@@ -11,16 +11,16 @@ external pooler, or for rare jobs).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from psycopool._args import MAX_SIZE
 from psycopool._base import CT, DEFAULT_NUM_WORKERS, CheckPolicy, Chores, ResetPolicy, positive
 from psycopool._pool import ConnectionPool
 from psycopool._pooler import Pooler
 
 #: ``max_size=None`` (or 0): no bound, as in psycopg_pool.
-UNBOUNDED = sys.maxsize
+UNBOUNDED = MAX_SIZE
 
 
 class NullConnectionPool(ConnectionPool[CT]):

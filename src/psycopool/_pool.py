@@ -231,6 +231,8 @@ class ConnectionPool(LendingPool[CT]):
             # down so that call fails now; psycopg2's close() would wait for it.
             stuck = entry.conn if entry.ref is None else entry.ref()
             if stuck is not None:
+                if self.close_returns:
+                    stuck._pool = None  # its close() must close it, not return it here
                 interrupt(self._driver, stuck)
         if leftovers:
             logger.warning(
