@@ -3,7 +3,9 @@
 Needs ``pip install 'psycopool[bench]'``. Not imported by ``import psycopool``.
 
 - :mod:`psycopool.bench.peers`: one small adapter per pool.
-- :mod:`psycopool.bench.workloads`: the workloads and the server-side monitor.
+- :mod:`psycopool.bench.workloads`: the registry of workloads (each family in ``workloads_*``).
+- :mod:`psycopool.bench.harness`: settings, tables and the borrow loop the workloads share.
+- :mod:`psycopool.bench.monitor`: the server side (admin connection, connection counter).
 - :mod:`psycopool.bench.report`: tables, JSON and the plot.
 - :mod:`psycopool.bench.cli`: the command line.
 """

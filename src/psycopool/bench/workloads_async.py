@@ -22,9 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from psycopool.bench.peers import Peer, app_name, dsn_for
-from psycopool.bench.peers_async import ASYNC_PEERS, AsyncPeer
-from psycopool.bench.workloads import (
+from psycopool.bench.harness import (
     SLEEP_SQL,
     Column,
     Context,
@@ -36,6 +34,8 @@ from psycopool.bench.workloads import (
     _pct,
     percentiles_ms,
 )
+from psycopool.bench.peers import Peer, app_name, dsn_for
+from psycopool.bench.peers_async import ASYNC_PEERS, AsyncPeer
 
 __all__ = ["ASYNC_WORKLOADS"]
 
