@@ -46,8 +46,10 @@ class LendingPool(BasePool[CT]):
     #: Precomputed by the constructor for the hot path (see _init_lending).
     _lend_extras = False
     _fast_return = True
+    _psycopg2 = False
 
     def _init_lending(self) -> None:
+        self._psycopg2 = self._driver.name == "psycopg2"
         self._lend_extras = self.leak_timeout is not None or self.close_returns
         self._fast_return = self._rollback_only and self._keeps_idle
 
@@ -78,7 +80,7 @@ class LendingPool(BasePool[CT]):
             lock.release()
         if entry is not None:
             conn = entry.conn
-            now = self.clock()
+            now = engine.clock()
             # Both drivers' connections have `closed`: true once closed or broken.
             if (
                 self._liveness_only
@@ -289,7 +291,8 @@ class LendingPool(BasePool[CT]):
                     return
                 raise self._not_lent_error(conn)
             entry.returner = me
-            entry.conn = conn
+            c: Any = conn
+            entry.conn = c
             if self.close_returns:
                 conn._pool = None  # type: ignore[attr-defined]
             now = engine.clock()
@@ -303,7 +306,13 @@ class LendingPool(BasePool[CT]):
                 and self._usable
                 and not self._shrinking
                 and now < entry.expires_at
-                and driver.is_clean(conn, entry.state)
+                and (
+                    # Psycopg2Driver.is_clean() inlined (public attributes only).
+                    c.get_transaction_status() == IDLE
+                    and (c.autocommit, c.isolation_level, c.readonly, c.deferrable) == entry.state
+                    if self._psycopg2
+                    else driver.is_clean(conn, entry.state)
+                )
             ):
                 # The usual case, decided under one lock with no I/O:
                 # Engine.give_back_locked(), its common branch inlined.
@@ -413,16 +422,19 @@ class Borrowed(Generic[CT]):
         pool = self._pool
         driver = pool._driver
         try:
-            if driver.is_closed(conn):
-                if exc_type is None and pool._closed:
+            if exc_type is None:
+                # Both drivers' connections have `closed`.
+                if not conn.closed:
+                    driver.commit(conn)
+                elif pool._closed:
                     raise pool._err(
                         PoolClosed,
                         f"pool {pool.name!r} was closed, and this connection with it, before"
                         " the block ended: its transaction was not committed",
                     )
-                # Closed in the block (or broken): nothing to end; putconn discards it.
-            elif exc_type is None:
-                driver.commit(conn)
+                # Else closed in the block: nothing to end; putconn discards it.
+            elif driver.is_closed(conn):
+                pass  # closed or broken in the block: putconn discards it
             else:
                 try:
                     driver.rollback(conn)

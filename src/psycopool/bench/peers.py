@@ -211,6 +211,20 @@ class PsycopoolPsycopgPeer(PsycopoolPeer):
         self.pool.wait(timeout=60.0)
 
 
+class PsycopoolPingPeer(PsycopoolPeer):
+    """psycopool.ConnectionPool with check="ping": one round trip per borrow, on every path."""
+
+    key = "psycopool-ping"
+    label = "psycopool ConnectionPool check=ping"
+
+    def open(self, dsn: str, min_size: int, max_size: int) -> None:
+        import psycopool
+
+        cls: Any = getattr(psycopool, "ConnectionPool")  # noqa: B009 (may not exist: mypy)
+        self.pool = cls(dsn, min_size=min_size, max_size=max_size, check="ping")
+        self.pool.wait(timeout=60.0)
+
+
 class PsycopoolPrometheusPeer(PsycopoolPeer):
     """psycopool.ConnectionPool with the Prometheus collector attached: what metrics cost."""
 
@@ -617,6 +631,7 @@ PEERS: tuple[type[Peer], ...] = (
     PsycopoolPeer,
     PsycopoolWithPeer,
     PsycopoolPsycopgPeer,
+    PsycopoolPingPeer,
     PsycopoolPrometheusPeer,
     PsycopoolOtelPeer,
     PsycopoolDropInPeer,
