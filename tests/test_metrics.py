@@ -99,7 +99,7 @@ def test_dropin_lent_says_how_long_and_under_which_key(dsn: str) -> None:
         clock.advance(1.5)
         loans = p.lent()
         assert [(loan.key, loan.held) for loan in loans] == [("first", 6.5), ("second", 1.5)]
-        assert loans[0].stack is None
+        assert loans[0].stack is None and loans[0].borrower == "MainThread"
     finally:
         p.closeall()
 
@@ -359,10 +359,12 @@ def test_pool_timeout_names_the_holder_and_its_stack(dsn: str) -> None:
 def test_pool_timeout_without_leak_tracking_says_how_to_get_the_holder(dsn: str) -> None:
     with psycopool.ConnectionPool(dsn, min_size=1, max_size=1) as p:
         conn = p.getconn()
-        with pytest.raises(psycopool.PoolTimeout, match=r"1 of 1 connections lent.*leak_timeout"):
+        with pytest.raises(
+            psycopool.PoolTimeout, match=r"1 of 1 connections lent.* by MainThread .*leak_timeout"
+        ):
             p.getconn(timeout=0.05)
         (loan,) = p.lent()
-        assert loan.borrower is None and loan.stack is None
+        assert loan.borrower == "MainThread" and loan.stack is None
         p.putconn(conn)
 
 

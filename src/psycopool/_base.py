@@ -416,7 +416,8 @@ class BasePool(Generic[CT]):
     def lent(self) -> list[Loan]:
         """The connections lent now, longest held first: how long, by whom, from where.
 
-        Borrowers (thread or task) and their stacks are recorded with ``leak_timeout`` set.
+        The borrowing thread is always known; stacks (and asyncio task names) are
+        recorded with ``leak_timeout`` set.
         """
         return self._engine.lent()
 

@@ -81,7 +81,13 @@ def lent_locked(engine: Engine, now: float) -> Raw:
     """What ``engine`` has lent, longest held first; lock held. Make loans of it with
     :func:`loans` after releasing the lock (formatting stacks reads source files)."""
     raw: Raw = [
-        (now - e.borrowed_at, e.borrower, e.stack, e.key)
+        # ``owner``: the borrowing thread, which the threaded front doors always record.
+        (
+            now - e.borrowed_at,
+            e.borrower if e.borrower is not None else e.owner or None,
+            e.stack,
+            e.key,
+        )
         for e in engine.in_use.values()
         if e not in engine.dropped
     ]
@@ -112,8 +118,8 @@ def lent_summary(oldest_first: list[Loan], max_size: int, lent: int) -> str:
     text = f"{lent} of {max_size} connections lent, the longest for {oldest.held:.1f} s{who}"
     if oldest.stack:
         text += f"; it was borrowed at:\n{oldest.stack.rstrip()}"
-    elif oldest.borrower is None:
-        text += " (set leak_timeout to record who borrows and where)"
+    else:
+        text += " (set leak_timeout to record where connections are borrowed)"
     return text
 
 
