@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from psycopool.bench.monitor import Monitor, ServerAdmin
-from psycopool.bench.peers import Peer, app_name, dsn_for
+from psycopool.bench.peers_base import Peer, app_name, dsn_for
 
 RETRY_DELAY = 100e-6  # seconds before retrying a pool that raised "exhausted"
 #: A pool that raises "exhausted" for this long while the bench holds none of its

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from psycopool.bench.peers import APP_PREFIX
+from psycopool.bench.peers_base import APP_PREFIX
 
 __all__ = ["ADMIN_APP", "Monitor", "ServerAdmin"]
 

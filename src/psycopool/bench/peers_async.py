@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
-from psycopool.bench.peers import Peer, app_name
+from psycopool.bench.peers_base import Peer, app_name
 
 __all__ = ["ASYNC_PEERS", "AsyncPeer"]
 

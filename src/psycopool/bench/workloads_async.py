@@ -34,8 +34,8 @@ from psycopool.bench.harness import (
     _pct,
     percentiles_ms,
 )
-from psycopool.bench.peers import Peer, app_name, dsn_for
 from psycopool.bench.peers_async import ASYNC_PEERS, AsyncPeer
+from psycopool.bench.peers_base import Peer, app_name, dsn_for
 
 __all__ = ["ASYNC_WORKLOADS"]
 

@@ -18,7 +18,7 @@ from psycopool.bench.harness import (
     _opened,
 )
 from psycopool.bench.monitor import ServerAdmin
-from psycopool.bench.peers import Peer
+from psycopool.bench.peers_base import Peer
 from psycopool.bench.workloads_load import _one_op, _run_threads, _Tally
 
 #: The idle-kill scenario: few threads that pause between requests, so most of the

@@ -21,7 +21,7 @@ from psycopool.bench.harness import (
     _run_query,
     percentiles_ms,
 )
-from psycopool.bench.peers import Peer, app_name
+from psycopool.bench.peers_base import Peer, app_name
 
 # -- contention --------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from psycopool.bench.harness import (
     _pct,
     _run_query,
 )
-from psycopool.bench.peers import Peer
+from psycopool.bench.peers_base import Peer
 
 
 def _one_thread_pairs(
