@@ -17,7 +17,7 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from psycopool import ConnectionPool
+from psycopool import ConnectionPool, PoolTimeout
 from psycopool import pool as dropin
 from psycopool.sqlalchemy import ReturningConnection, create_engine
 
@@ -225,9 +225,10 @@ def test_pool_timeout_surfaces_and_leaves_no_slot(dsn: str):
         engine = create_engine("postgresql+psycopg2://", pool)
         with engine.connect():
             started = time.monotonic()
-            with pytest.raises(DBAPIError, match="couldn't get a connection"):
-                pool.timeout = 0.2
+            pool.timeout = 0.2
+            with pytest.raises(sa.exc.OperationalError, match="couldn't get a connection") as info:
                 engine.connect()
+            assert isinstance(info.value.orig, PoolTimeout)
             assert time.monotonic() - started < 5
         assert pool.stats()["connections_in_use"] == 0
         with engine.connect() as conn:

@@ -43,10 +43,15 @@ class LendingPool(BasePool[CT]):
     close_returns = False
     #: Does a returned connection stay idle when no one waits? (Not in NullConnectionPool.)
     _keeps_idle = True
+    #: open="lazy" (ConnectionPool): the first borrow in a process opens the pool.
+    _lazy = False
     #: Precomputed by the constructor for the hot path (see _init_lending).
     _lend_extras = False
     _fast_return = True
     _psycopg2 = False
+
+    def _open_lazily(self) -> None:
+        """Open a lazy pool at its first borrow; ConnectionPool implements it."""
 
     def _init_lending(self) -> None:
         self._psycopg2 = self._driver.name == "psycopg2"
@@ -100,6 +105,8 @@ class LendingPool(BasePool[CT]):
         """Check ``entry`` (popped by getconn, or None), then wait and retry until the deadline."""
         if timeout is None:
             timeout = self.timeout
+        if not self._usable and self._lazy:
+            self._open_lazily()
         engine = self._engine
         lock = engine.lock
         deadline = 0.0

@@ -11,11 +11,12 @@ shared with the asyncio pool; this module does the blocking I/O.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from psycopool._args import as_timeout
 from psycopool._base import (
@@ -75,7 +76,7 @@ class ConnectionPool(LendingPool[CT]):
         num_workers: int = DEFAULT_NUM_WORKERS,
         pooler: Pooler = None,
         close_returns: bool = False,
-        open: bool = True,
+        open: bool | Literal["lazy"] = True,
     ) -> None:
         super().__init__(
             conninfo,
@@ -112,7 +113,13 @@ class ConnectionPool(LendingPool[CT]):
         engine.track_dropped = True
         engine.after_fork = self._after_fork
         self._upkeep = Upkeep(engine, self._settings, self._reconnect_failed)
-        if open:
+        if open not in (True, False, "lazy"):
+            raise ValueError(f"open must be True, False or 'lazy'; got {open!r}")
+        #: open="lazy": opened by the first borrow in each process, so a pool made before a
+        #: fork (gunicorn --preload, Celery prefork, uWSGI) connects only where it is used.
+        self._lazy = open == "lazy"
+        self._open_lock = threading.Lock()
+        if open is True:
             self.open()
 
     def _reconnect_failed(self) -> None:
@@ -291,10 +298,22 @@ class ConnectionPool(LendingPool[CT]):
                 pass  # interpreter shutdown: the driver may be half gone
 
     def _after_fork(self) -> None:
-        """In a forked child: the engine dropped the parent's connections; restart upkeep."""
+        """In a forked child: the engine dropped the parent's connections; restart upkeep.
+
+        A lazy pool goes back to unopened: the child connects at its first borrow.
+        """
+        self._open_lock = threading.Lock()
+        if self._lazy and not self._closed:
+            self._opened = False
+            self._usable = False
         self._upkeep.reset_after_fork(
             self._upkeep_pass if self._opened and not self._closed else None
         )
+
+    def _open_lazily(self) -> None:
+        with self._open_lock:
+            if not self._opened and not self._closed:
+                self.open()
 
     # -- maintenance ---------------------------------------------------------
 

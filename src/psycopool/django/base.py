@@ -117,7 +117,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
             kwargs=self._psycopool_connect_params(),
             driver="psycopg" if is_psycopg3 else "psycopg2",
             configure=configure,
-            open=False,  # opened by the first connection: not at import, not before a fork
+            open="lazy",  # opened by the first borrow in each process: never before a fork
             **options,
         )
 
@@ -155,7 +155,6 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
             return super().get_new_connection(conn_params)
         level = self._psycopool_isolation_level()
         self.isolation_level = IsolationLevel.READ_COMMITTED if level is None else level
-        pool.open()  # does nothing once open
         conn = pool.getconn()
         self._psycopool_lender = pool
         return conn
