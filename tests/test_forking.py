@@ -179,6 +179,32 @@ def test_lazy_pool_opens_in_each_process(pg_server: Any, app_name: str, dsn: str
     assert pg_server.wait_count(app_name, 0) == 0
 
 
+def test_one_pool_failing_after_fork_leaves_the_others_safe(
+    pg_server: Any, app_name: str, dsn: str
+) -> None:
+    class Broken(ConnectionPool):
+        def _after_fork(self) -> None:
+            raise RuntimeError("broken after fork")
+
+    broken = Broken(dsn, min_size=0, max_size=1, open=False)
+    with ConnectionPool(dsn, min_size=1, max_size=1) as pool:
+        with pool.connection(timeout=10) as conn:
+            parent = pid_of(conn)
+        pid = os.fork()
+        if pid == 0:  # the child must open its own connection, not use the parent's
+            code = 1
+            try:
+                with pool.connection(timeout=10) as conn:
+                    code = 0 if pid_of(conn) != parent else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        with pool.connection(timeout=10) as conn:
+            assert pid_of(conn) == parent  # the parent's session is intact
+    broken.close()
+
+
 def test_open_argument_is_checked() -> None:
     with pytest.raises(ValueError, match="open must be True, False or 'lazy'; got 'yes'"):
         ConnectionPool("", open="yes")  # type: ignore[arg-type]

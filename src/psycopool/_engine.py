@@ -515,7 +515,11 @@ _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for engine in list(_ENGINES):
-        engine._forget_after_fork()
+        try:
+            engine._forget_after_fork()
+        except Exception:
+            # One pool failing here must not leave the next ones sharing the parent's sockets.
+            logging.getLogger("psycopool").exception("after fork: a pool could not reset")
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -78,6 +78,8 @@ class ConnectionPool(LendingPool[CT]):
         close_returns: bool = False,
         open: bool | Literal["lazy"] = True,
     ) -> None:
+        if open not in (True, False, "lazy"):
+            raise ValueError(f"open must be True, False or 'lazy'; got {open!r}")
         super().__init__(
             conninfo,
             kwargs=kwargs,
@@ -100,6 +102,10 @@ class ConnectionPool(LendingPool[CT]):
             num_workers=num_workers,
             pooler=pooler,
         )
+        #: open="lazy": opened by the first borrow in each process, so a pool made before a
+        #: fork (gunicorn --preload, Celery prefork, uWSGI) connects only where it is used.
+        self._lazy = open == "lazy"
+        self._open_lock = threading.Lock()
         self._reset_extra = self._reset_function(reset)
         if close_returns:
             self.close_returns = True
@@ -113,12 +119,6 @@ class ConnectionPool(LendingPool[CT]):
         engine.track_dropped = True
         engine.after_fork = self._after_fork
         self._upkeep = Upkeep(engine, self._settings, self._reconnect_failed)
-        if open not in (True, False, "lazy"):
-            raise ValueError(f"open must be True, False or 'lazy'; got {open!r}")
-        #: open="lazy": opened by the first borrow in each process, so a pool made before a
-        #: fork (gunicorn --preload, Celery prefork, uWSGI) connects only where it is used.
-        self._lazy = open == "lazy"
-        self._open_lock = threading.Lock()
         if open is True:
             self.open()
 
