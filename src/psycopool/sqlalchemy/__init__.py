@@ -13,14 +13,17 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-__all__ = ["ReturningConnection", "create_engine"]
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["ReturningConnection", "create_async_engine", "create_engine"]
 
 logger = logging.getLogger("psycopool")
 
@@ -52,6 +55,49 @@ def create_engine(url: str | sqlalchemy.URL, pool: Any, **kwargs: Any) -> Engine
         **kwargs,
     )
     event.listen(engine, "invalidate", _discard_on_invalidate)
+    return engine
+
+
+def create_async_engine(url: str | sqlalchemy.URL, pool: Any, **kwargs: Any) -> AsyncEngine:
+    """A SQLAlchemy :class:`~sqlalchemy.ext.asyncio.AsyncEngine` on a
+    :class:`psycopool.AsyncConnectionPool` (``postgresql+psycopg://`` URLs).
+
+    The same design as :func:`create_engine`: ``async_creator`` borrows, ``NullPool``,
+    no reset on return by SQLAlchemy, and the connection's ``close()`` gives it back.
+    Open the pool first (``await pool.open()`` or ``async with pool``).
+    """
+    from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
+
+    given = sorted(k for k in kwargs if k in _OWN_OPTIONS)
+    if given:
+        raise TypeError(
+            f"create_async_engine() sets {', '.join(given)} itself: pass the other options only"
+        )
+    if not (callable(getattr(pool, "getconn", None)) and callable(getattr(pool, "putconn", None))):
+        raise TypeError(f"pool must be a psycopool pool; got {type(pool).__name__}")
+
+    async def borrow() -> Any:
+        conn = await pool.getconn()
+        try:
+            if not _psycopg_has_close_returns():
+                raise TypeError("psycopool.sqlalchemy needs psycopg >= 3.3 (close() returning)")
+            if getattr(conn, "_psycopool_sqlalchemy", False):
+                _forget_dialect_notice_handler(conn)
+            conn._psycopool_sqlalchemy = True
+            conn._pool = _AsyncGiveBack(pool)
+        except BaseException:
+            await pool.putconn(conn)
+            raise
+        return conn
+
+    engine = sa_create_async_engine(
+        url,
+        async_creator=borrow,
+        poolclass=NullPool,
+        pool_reset_on_return=None,
+        **kwargs,
+    )
+    event.listen(engine.sync_engine, "invalidate", _discard_on_invalidate)
     return engine
 
 
@@ -117,11 +163,38 @@ class _GiveBack:
         self.pool.putconn(conn)
 
 
+class _AsyncGiveBack:
+    """The same for psycopg 3's ``AsyncConnection``, whose ``close()`` awaits ``putconn()``."""
+
+    __slots__ = ("discard", "pool")
+    close_returns = True
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.discard = False
+
+    async def putconn(self, conn: Any) -> None:
+        if getattr(conn, "_pool", None) is self:
+            conn._pool = None
+        if self.discard:
+            try:
+                await conn.close()  # a real close: the pool sees it closed and drops it
+            except Exception:
+                pass
+        await self.pool.putconn(conn)
+
+
 def _discard_on_invalidate(dbapi_connection: Any, record: Any, exc: BaseException | None) -> None:
     """SQLAlchemy invalidated the connection: close it for real, then give its slot back."""
-    conn = dbapi_connection
+    conn = record.driver_connection if record is not None else None
+    if conn is None:
+        conn = dbapi_connection
     give_back: Callable[[Any], None] | None = None
     lender = getattr(conn, "_pool", None)
+    if isinstance(lender, _AsyncGiveBack):
+        # No awaiting here: SQLAlchemy's close(), which follows, discards it.
+        lender.discard = True
+        return
     if isinstance(lender, _GiveBack):
         conn._pool = None
         give_back = lender.pool.putconn
