@@ -10,7 +10,6 @@ instead of closing it. See ``docs/sqlalchemy.md`` for why this design and not an
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -25,8 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ReturningConnection", "create_async_engine", "create_engine"]
 
-logger = logging.getLogger("psycopool")
-
 #: Options create_engine() sets: passing them too is an error, not a silent override.
 _OWN_OPTIONS = ("creator", "poolclass", "pool_reset_on_return", "async_creator")
 
@@ -40,13 +37,7 @@ def create_engine(url: str | sqlalchemy.URL, pool: Any, **kwargs: Any) -> Engine
     to connect is the pool's business. ``engine.dispose()`` leaves the pool open: close
     it yourself when the application stops.
     """
-    given = sorted(k for k in kwargs if k in _OWN_OPTIONS)
-    if given:
-        raise TypeError(
-            f"create_engine() sets {', '.join(given)} itself: pass the other options only"
-        )
-    if not (callable(getattr(pool, "getconn", None)) and callable(getattr(pool, "putconn", None))):
-        raise TypeError(f"pool must be a psycopool pool; got {type(pool).__name__}")
+    _check_arguments("create_engine", pool, kwargs)
     engine = sqlalchemy.create_engine(
         url,
         creator=_creator(pool),
@@ -68,23 +59,12 @@ def create_async_engine(url: str | sqlalchemy.URL, pool: Any, **kwargs: Any) -> 
     """
     from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
-    given = sorted(k for k in kwargs if k in _OWN_OPTIONS)
-    if given:
-        raise TypeError(
-            f"create_async_engine() sets {', '.join(given)} itself: pass the other options only"
-        )
-    if not (callable(getattr(pool, "getconn", None)) and callable(getattr(pool, "putconn", None))):
-        raise TypeError(f"pool must be a psycopool pool; got {type(pool).__name__}")
+    _check_arguments("create_async_engine", pool, kwargs)
 
     async def borrow() -> Any:
         conn = await pool.getconn()
         try:
-            if not _psycopg_has_close_returns():
-                raise TypeError("psycopool.sqlalchemy needs psycopg >= 3.3 (close() returning)")
-            if getattr(conn, "_psycopool_sqlalchemy", False):
-                _forget_dialect_notice_handler(conn)
-            conn._psycopool_sqlalchemy = True
-            conn._pool = _AsyncGiveBack(pool)
+            _lend_psycopg(conn, _AsyncGiveBack(pool))
         except BaseException:
             await pool.putconn(conn)
             raise
@@ -99,6 +79,14 @@ def create_async_engine(url: str | sqlalchemy.URL, pool: Any, **kwargs: Any) -> 
     )
     event.listen(engine.sync_engine, "invalidate", _discard_on_invalidate)
     return engine
+
+
+def _check_arguments(function: str, pool: Any, kwargs: dict[str, Any]) -> None:
+    given = sorted(k for k in kwargs if k in _OWN_OPTIONS)
+    if given:
+        raise TypeError(f"{function}() sets {', '.join(given)} itself: pass the other options only")
+    if not (callable(getattr(pool, "getconn", None)) and callable(getattr(pool, "putconn", None))):
+        raise TypeError(f"pool must be a psycopool pool; got {type(pool).__name__}")
 
 
 def _creator(pool: Any) -> Callable[[], Any]:
@@ -118,14 +106,7 @@ def _give_back_on_close(conn: Any, pool: Any) -> None:
     """Make ``conn.close()`` return ``conn`` to ``pool``, once."""
     module = type(conn).__module__.split(".")[0]
     if module == "psycopg":
-        # psycopg 3.3's close() hands a connection to ``conn._pool.putconn()`` when that
-        # object says ``close_returns``: psycopg_pool's own protocol.
-        if not _psycopg_has_close_returns():
-            raise TypeError("psycopool.sqlalchemy needs psycopg >= 3.3 (close() returning)")
-        if getattr(conn, "_psycopool_sqlalchemy", False):
-            _forget_dialect_notice_handler(conn)
-        conn._psycopool_sqlalchemy = True
-        conn._pool = _GiveBack(pool)
+        _lend_psycopg(conn, _GiveBack(pool))
         return
     if "psycopg2" in sys.modules:  # else conn can't be a psycopg2 connection
         from psycopool.sqlalchemy._psycopg2 import ReturningConnection
@@ -133,6 +114,8 @@ def _give_back_on_close(conn: Any, pool: Any) -> None:
         if isinstance(conn, ReturningConnection):
             conn._psycopool_give_back = _GiveBack(pool).putconn
             return
+    if getattr(pool, "close_returns", False) is True:
+        return  # the pool makes its connections' close() return them itself
     raise TypeError(
         f"psycopool.sqlalchemy can't return a {type(conn).__module__}.{type(conn).__name__}"
         " to its pool when SQLAlchemy closes it: create the pool with"
@@ -141,11 +124,18 @@ def _give_back_on_close(conn: Any, pool: Any) -> None:
     )
 
 
-def _psycopg_has_close_returns() -> bool:
+def _lend_psycopg(conn: Any, give_back: _GiveBack | _AsyncGiveBack) -> None:
+    """psycopg 3.3's ``close()`` hands a connection to ``conn._pool.putconn()`` when that
+    object says ``close_returns``: psycopg_pool's own protocol, used here for one loan."""
     import psycopg
 
     major, minor = (int(part) for part in psycopg.__version__.split(".")[:2])
-    return (major, minor) >= (3, 3)
+    if (major, minor) < (3, 3):
+        raise TypeError("psycopool.sqlalchemy needs psycopg >= 3.3 (close() returning)")
+    if getattr(conn, "_psycopool_sqlalchemy", False):
+        _forget_dialect_notice_handler(conn)
+    conn._psycopool_sqlalchemy = True
+    conn._pool = give_back
 
 
 class _GiveBack:
