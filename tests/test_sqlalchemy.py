@@ -26,8 +26,14 @@ THREADS = 8
 REQUESTS = 25  # per thread
 
 DRIVERS = {
-    "psycopg2": ("postgresql+psycopg2://", ReturningConnection),
-    "psycopg": ("postgresql+psycopg://", "psycopg"),
+    # name: (URL, ConnectionPool arguments)
+    "psycopg2": ("postgresql+psycopg2://", {"close_returns": True}),
+    "psycopg2-returning-class": ("postgresql+psycopg2://", {"driver": ReturningConnection}),
+    "psycopg": ("postgresql+psycopg://", {"driver": "psycopg"}),
+    "psycopg-close-returns": (
+        "postgresql+psycopg://",
+        {"driver": "psycopg", "close_returns": True},
+    ),
 }
 
 
@@ -43,8 +49,8 @@ class Item(Base):
 
 @pytest.fixture(params=sorted(DRIVERS))
 def setup(request: pytest.FixtureRequest, dsn: str) -> Iterator[tuple[sa.Engine, ConnectionPool]]:
-    url, driver = DRIVERS[request.param]
-    with ConnectionPool(dsn, min_size=1, max_size=MAX, driver=driver, timeout=10.0) as pool:
+    url, options = DRIVERS[request.param]
+    with ConnectionPool(dsn, min_size=1, max_size=MAX, timeout=10.0, **options) as pool:
         engine = create_engine(url, pool)
         try:
             yield engine, pool
@@ -264,7 +270,7 @@ def test_dropin_getconn(pg_server: Any, app_name: str, dsn: str):
 def test_plain_psycopg2_pool_is_refused_and_returned(dsn: str):
     with ConnectionPool(dsn, min_size=0, max_size=1) as pool:
         engine = create_engine("postgresql+psycopg2://", pool)
-        with pytest.raises(TypeError, match="ReturningConnection"):
+        with pytest.raises(TypeError, match="close_returns=True"):
             engine.connect()
         assert pool.stats()["connections_in_use"] == 0
 

@@ -31,8 +31,9 @@ _OWN_OPTIONS = ("creator", "poolclass", "pool_reset_on_return", "async_creator")
 def create_engine(url: str | sqlalchemy.URL, pool: Any, **kwargs: Any) -> Engine:
     """A SQLAlchemy :class:`~sqlalchemy.engine.Engine` whose connections come from ``pool``.
 
-    ``pool`` is a :class:`psycopool.ConnectionPool`, or a ``psycopool.pool`` drop-in; with
-    psycopg2 its connections must be :class:`ReturningConnection`. The URL names the
+    ``pool`` is a :class:`psycopool.ConnectionPool` (with psycopg2: made with
+    ``close_returns=True``), or a ``psycopool.pool`` drop-in whose connections are
+    :class:`ReturningConnection`. The URL names the
     dialect and driver (``postgresql+psycopg2://`` or ``postgresql+psycopg://``); where
     to connect is the pool's business. ``engine.dispose()`` leaves the pool open: close
     it yourself when the application stops.
@@ -118,9 +119,9 @@ def _give_back_on_close(conn: Any, pool: Any) -> None:
         return  # the pool makes its connections' close() return them itself
     raise TypeError(
         f"psycopool.sqlalchemy can't return a {type(conn).__module__}.{type(conn).__name__}"
-        " to its pool when SQLAlchemy closes it: create the pool with"
-        " driver=psycopool.sqlalchemy.ReturningConnection (or, for the psycopool.pool"
-        " drop-in, connection_factory=psycopool.sqlalchemy.ReturningConnection)"
+        " to its pool when SQLAlchemy closes it: create the pool with close_returns=True"
+        " (or, for the psycopool.pool drop-in,"
+        " connection_factory=psycopool.sqlalchemy.ReturningConnection)"
     )
 
 
@@ -188,6 +189,9 @@ def _discard_on_invalidate(dbapi_connection: Any, record: Any, exc: BaseExceptio
     if isinstance(lender, _GiveBack):
         conn._pool = None
         give_back = lender.pool.putconn
+    elif lender is not None and getattr(lender, "close_returns", False) is True:
+        conn._pool = None  # a pool made with close_returns=True: it set this itself
+        give_back = lender.putconn
     elif getattr(conn, "_psycopool_give_back", None) is not None:
         give_back, conn._psycopool_give_back = conn._psycopool_give_back, None
     if give_back is None:
