@@ -132,8 +132,10 @@ def run_target(
     xml = out / f"{target}.xml"
     env = dict(os.environ)
     path = [str(root), str(REPO / "src")]
-    if target == "psycopool":
+    if target.startswith("psycopool"):
         path.insert(0, str(SHIM))
+    if target == "psycopool-probe":
+        env["PSYCOPG_POOL_SUITE_PROBE"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(
         [*path, env["PYTHONPATH"]] if env.get("PYTHONPATH") else path
     )
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ref", default=None, help="git revision to export (default HEAD)")
     parser.add_argument(
         "--target",
-        choices=["psycopg_pool", "psycopool", "both"],
+        choices=["psycopg_pool", "psycopool", "psycopool-probe", "both"],
         default="both",
         help="which pool the tests run against (default both)",
     )
@@ -203,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         " too (a test psycopg_pool passed in any run is in the baseline)",
     )
     parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="also run psycopool with read-only `_pool`, `_waiting`, `_nconns` views (never"
+        " counted as passing): do the tests that fail only on those check correct behaviour?",
+    )
+    parser.add_argument(
         "--no-rerun", action="store_true", help="don't give failing tests a second try"
     )
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
@@ -213,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     ref = args.ref or default_ref(source)
     files = [f for g in (args.group or ["sync", "null", "async"]) for f in GROUPS[g]]
     targets = ["psycopg_pool", "psycopool"] if args.target == "both" else [args.target]
+    if args.probe:
+        targets.append("psycopool-probe")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.baseline is not None:

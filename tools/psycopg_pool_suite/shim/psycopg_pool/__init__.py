@@ -24,6 +24,7 @@ raises ``AttributeError`` in the test that uses it. Private modules (``psycopg_p
 from __future__ import annotations
 
 import inspect
+import os
 import types
 from typing import Any
 
@@ -106,6 +107,16 @@ def _parameters(cls: type[Any]) -> dict[str, inspect.Parameter]:
     return params
 
 
+#: Probe mode only (``run.py --probe``, never counted as passing): read-only views named like
+#: psycopg_pool's private attributes, to see whether a test that fails on them alone checks
+#: behaviour psycopool gets right.
+_PROBES: dict[str, Any] = {
+    "_pool": property(lambda self: [entry.conn for entry in self._engine.idle]),
+    "_waiting": property(lambda self: self._engine.waiters),
+    "_nconns": property(lambda self: self._engine.size),
+}
+
+
 def _adapted(name: str) -> type[Any] | None:
     base = getattr(psycopool, name, None)
     if base is None:
@@ -117,7 +128,13 @@ def _adapted(name: str) -> type[Any] | None:
     def __init__(self: Any, conninfo: Any = "", **kwargs: Any) -> None:
         base.__init__(self, conninfo, **_rename(params, kwargs))
 
-    namespace = {"__init__": __init__, "__module__": "psycopg_pool", "__doc__": base.__doc__}
+    namespace: dict[str, Any] = {
+        "__init__": __init__,
+        "__module__": "psycopg_pool",
+        "__doc__": base.__doc__,
+    }
+    if os.environ.get("PSYCOPG_POOL_SUITE_PROBE") == "1":
+        namespace.update(_PROBES)
     cls = types.new_class(name, bases, exec_body=lambda ns: ns.update(namespace))
     cls.__qualname__ = name
     return cls
