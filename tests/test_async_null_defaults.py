@@ -14,3 +14,22 @@ def test_default_max_size_is_accepted_and_lends(dsn: str) -> None:
                 await conn.execute("SELECT 1")
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_connection_opened_for_a_borrower_still_expires(dsn: str) -> None:
+    """max_lifetime applies to a connection the null pool opened for a borrower, handed on."""
+
+    async def main() -> list[int]:
+        pids: list[int] = []
+        async with AsyncNullConnectionPool(dsn, max_size=1, max_lifetime=0.2) as pool:
+
+            async def worker() -> None:
+                async with pool.connection() as conn:
+                    pids.append(conn.info.backend_pid)
+                    await asyncio.sleep(0.1)
+
+            await asyncio.gather(*(worker() for _ in range(5)))
+        return pids
+
+    pids = asyncio.run(asyncio.wait_for(main(), 30))
+    assert pids[0] != pids[4], pids

@@ -94,7 +94,9 @@ class AsyncNullConnectionPool(AsyncConnectionPool[CT]):
             engine.connect_failed()
             engine.last_connect_error = hide_password(str(exc).strip()) or type(exc).__name__
             raise
-        return engine.register(conn, start, epoch)
+        entry = engine.register(conn, start, epoch)
+        self._upkeep._set_lifetime(entry)  # as for connections the upkeep opens
+        return entry
 
     async def wait(self, timeout: float = 30.0) -> None:
         """Open one connection and close it: the server is reachable (psycopg_pool's meaning)."""
