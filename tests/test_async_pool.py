@@ -266,3 +266,18 @@ def test_reconnect_failed_called_once(arun):
         assert called == [pool]
 
     arun(main)
+
+
+def test_close_returns(arun, dsn: str, pg_server, app_name: str):
+    async def main() -> None:
+        async with AsyncConnectionPool(dsn, min_size=2, close_returns=True) as pool:
+            await pool.wait()
+            conn = await pool.getconn()
+            await conn.close()  # returned, not closed
+            assert not conn.closed
+            assert pool.get_stats()["pool_available"] == 2
+            assert pg_server.count(app_name) == 2
+        assert conn.closed  # the pool's close really closes it
+        assert pg_server.wait_count(app_name, 0) == 0
+
+    arun(main)

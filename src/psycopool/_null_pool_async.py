@@ -29,6 +29,7 @@ class AsyncNullConnectionPool(AsyncConnectionPool[CT]):
             raise ValueError(f"min_size must be 0 for a null pool; got {min_size!r}")
         if max_size is None:
             max_size = MAX_SIZE  # "no bound": the largest size the argument checks accept
+        kwargs.pop("close_returns", None)  # closing is what a return does here anyway
         super().__init__(conninfo, min_size=0, max_size=max_size, **kwargs)
         self._rollback_only = False  # every return takes the path that may close
 

@@ -78,6 +78,7 @@ class AsyncConnectionPool(BasePool[CT]):
         reconnect_failed: Callable[[Any], object] | None = None,
         num_workers: int = DEFAULT_NUM_WORKERS,
         pooler: Pooler = None,
+        close_returns: bool = False,
         open: bool = False,
     ) -> None:
         # Checked here: BasePool knows the sync drivers only.
@@ -104,6 +105,9 @@ class AsyncConnectionPool(BasePool[CT]):
             pooler=pooler,
         )
         self.connection_class = connection_class
+        #: ``await conn.close()`` on a lent connection returns it instead (psycopg asks
+        #: the pool through the connection's ``_pool`` attribute, as for psycopg_pool).
+        self.close_returns = bool(close_returns)
         self._driver = self._adriver = driver
         engine = self._engine
         engine.driver = driver
@@ -153,6 +157,8 @@ class AsyncConnectionPool(BasePool[CT]):
         # connect_timeout and network_timeout's options, where the user set none.
         kwargs = with_defaults(driver, conninfo, kwargs, self._connect_defaults)
         conn = await driver.aconnect(conninfo, connect_kwargs(self.pooler, driver.name, kwargs))
+        if self.close_returns:
+            conn._pool = self
         if self._configure is not None:
             try:
                 await _maybe_await(self._configure(conn))

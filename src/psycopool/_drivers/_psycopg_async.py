@@ -44,6 +44,8 @@ class AsyncPsycopgDriver(PsycopgInspector, AsyncDriver):
         # and calls libpq's PQfinish. Run it to its end here, without a loop; a
         # subclass whose close() does suspend is abandoned and finished by libpq.
         try:
+            if getattr(conn, "_pool", None) is not None:
+                conn._pool = None  # really close it: don't return it (close_returns)
             coro = conn.close()
             try:
                 coro.send(None)
