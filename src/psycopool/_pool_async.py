@@ -109,6 +109,7 @@ class AsyncConnectionPool(BasePool[CT]):
         #: the pool through the connection's ``_pool`` attribute, as for psycopg_pool).
         self.close_returns = bool(close_returns)
         self._driver = self._adriver = driver
+        self._is_clean = driver.is_clean  # bound once: the return's hot path calls it
         engine = self._engine
         engine.driver = driver
         engine.track_dropped = True
@@ -188,7 +189,7 @@ class AsyncConnectionPool(BasePool[CT]):
 
     def _start(self) -> None:
         if self._closed:
-            raise self._err(PoolClosed, f"pool {self.name!r} was closed and can't be reopened")
+            raise self._err(PoolClosed, f"pool {self.name!r} is already closed: a closed pool can't be reopened")
         if self._opened:
             return
         try:
@@ -566,7 +567,7 @@ class AsyncConnectionPool(BasePool[CT]):
                     and self._usable
                     and not self._shrinking
                     and now < entry.expires_at
-                    and self._driver.is_clean(conn, entry.state)
+                    and self._is_clean(conn, entry.state)
                 ):
                     # The usual case, decided under one lock with no I/O and no await:
                     # Engine.give_back_locked(), its common branch inlined.
