@@ -189,7 +189,9 @@ class AsyncConnectionPool(BasePool[CT]):
 
     def _start(self) -> None:
         if self._closed:
-            raise self._err(PoolClosed, f"pool {self.name!r} is already closed: a closed pool can't be reopened")
+            raise self._err(
+                PoolClosed, f"pool {self.name!r} is already closed: a closed pool can't be reopened"
+            )
         if self._opened:
             return
         try:
