@@ -393,7 +393,7 @@ class BasePool(Generic[CT]):
 
     def _closed_error(self) -> PoolError:
         if self._closed:
-            return self._err(PoolClosed, f"pool {self.name!r} is closed")
+            return self._err(PoolClosed, f"pool {self.name!r} is already closed")
         return self._err(PoolClosed, f"pool {self.name!r} is not open yet: call open()")
 
     # -- who holds the connections -------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 
 from psycopool._args import MAX_SIZE
 from psycopool._base import CT, DEFAULT_NUM_WORKERS, CheckPolicy, Chores, ResetPolicy, positive
+from psycopool._network import DEFAULT_NETWORK_TIMEOUT
 from psycopool._pool import ConnectionPool
 from psycopool._pooler import Pooler
 
@@ -43,6 +44,7 @@ class NullConnectionPool(ConnectionPool[CT]):
         configure: Callable[[Any], object] | None = None,
         reset: ResetPolicy = "rollback",
         leak_timeout: float | None = None,
+        network_timeout: float | None = DEFAULT_NETWORK_TIMEOUT,
         driver: Any = "psycopg2",
         connection_class: type[CT] | None = None,
         name: str | None = None,
@@ -50,6 +52,7 @@ class NullConnectionPool(ConnectionPool[CT]):
         reconnect_failed: Callable[[Any], object] | None = None,
         num_workers: int = DEFAULT_NUM_WORKERS,
         pooler: Pooler = None,
+        close_returns: bool = False,
         open: bool = True,
     ) -> None:
         min_size, max_size = _null_sizes(min_size, max_size)
@@ -66,6 +69,7 @@ class NullConnectionPool(ConnectionPool[CT]):
             configure=configure,
             reset=reset,
             leak_timeout=leak_timeout,
+            network_timeout=network_timeout,
             driver=driver,
             connection_class=connection_class,
             name=name,
@@ -73,6 +77,7 @@ class NullConnectionPool(ConnectionPool[CT]):
             reconnect_failed=reconnect_failed,
             num_workers=num_workers,
             pooler=pooler,
+            close_returns=close_returns,
             open=open,
         )
 
