@@ -47,10 +47,11 @@ logger = logging.getLogger("psycopool")
 SEMCONV_VERSION = "1.44.0"
 SCHEMA_URL = f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
 
-#: Samples recorded per histogram, pool and flush (about a second) at most. The SDK's
-#: Histogram.record costs microseconds per call: above this rate the samples are thinned
-#: evenly (every k-th kept, so the distribution's shape stays) and a warning is logged once.
-MAX_RECORDS_PER_FLUSH = 20_000
+#: Default of instrument(max_samples=...): samples recorded per histogram, pool and flush
+#: (about a second) at most. The SDK's Histogram.record costs microseconds per call: above
+#: this rate the samples are thinned evenly (every k-th kept, so the distribution's shape
+#: stays, its count doesn't) and a warning is logged once.
+MAX_RECORDS_PER_FLUSH = 5_000
 
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
@@ -132,8 +133,8 @@ class _Instruments:
             description="How long the connection lent the longest ago has been out.",
         )
 
-    def add(self, view: PoolView) -> Sink:
-        sink = self._sink_for(view.name)
+    def add(self, view: PoolView, max_samples: int | None) -> Sink:
+        sink = self._sink_for(view.name, max_samples)
         with self._lock:
             self._views = [v for v in self._views if v.alive] + [view]
         view.timings.add_sink(sink)
@@ -145,7 +146,7 @@ class _Instruments:
         with self._lock:
             self._views = [v for v in self._views if v is not view and v.alive]
 
-    def _sink_for(self, name: str) -> Sink:
+    def _sink_for(self, name: str, max_samples: int | None) -> Sink:
         attributes = {POOL_NAME: name}
         histograms = {"wait": self.wait_time, "use": self.use_time, "create": self.create_time}
         ref = weakref.ref(self)
@@ -156,8 +157,9 @@ class _Instruments:
             if ref() is None:
                 return
             total = len(samples) + zeros
-            if total > MAX_RECORDS_PER_FLUSH:
-                step = -(-total // MAX_RECORDS_PER_FLUSH)
+            cap = MAX_RECORDS_PER_FLUSH if max_samples is None else max_samples
+            if cap and total > cap:
+                step = -(-total // cap)
                 samples = samples[::step]
                 zeros //= step
                 if not warned:
@@ -170,7 +172,7 @@ class _Instruments:
                         total,
                         kind,
                         step,
-                        MAX_RECORDS_PER_FLUSH,
+                        cap,
                     )
             record = histograms[kind].record
             for value in samples:
@@ -211,10 +213,12 @@ _lock = threading.Lock()
 class Instrumentation:
     """What :func:`instrument` returns: call :meth:`detach` to stop observing the pool."""
 
-    def __init__(self, instruments: _Instruments, view: PoolView) -> None:
+    def __init__(
+        self, instruments: _Instruments, view: PoolView, max_samples: int | None = None
+    ) -> None:
         self._instruments = instruments
         self._view = view
-        self._sink = instruments.add(view)
+        self._sink = instruments.add(view, max_samples)
 
     @property
     def pool_name(self) -> str:
@@ -225,13 +229,23 @@ class Instrumentation:
 
 
 def instrument(
-    pool: Any, *, meter_provider: MeterProvider | None = None, name: str | None = None
+    pool: Any,
+    *,
+    meter_provider: MeterProvider | None = None,
+    name: str | None = None,
+    max_samples: int | None = None,
 ) -> Instrumentation:
     """Publish ``pool``'s metrics through ``meter_provider`` (default: the global one).
 
     ``name`` is the ``db.client.connection.pool.name`` attribute (default: the
-    pool's ``name``); it must be unique in the application.
+    pool's ``name``); it must be unique in the application. ``max_samples``: samples
+    recorded per histogram and second at most, thinned evenly above
+    (default :data:`MAX_RECORDS_PER_FLUSH`; 0: no limit).
     """
+    if max_samples is not None and (
+        isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 0
+    ):
+        raise ValueError(f"max_samples must be an integer >= 0 or None; got {max_samples!r}")
     view = PoolView(pool, name)
     with _lock:
         if meter_provider is None:
@@ -243,7 +257,7 @@ def instrument(
             if instruments is None:
                 instruments = _Instruments(_meter(meter_provider))
                 _by_provider[meter_provider] = instruments
-    instrumentation = Instrumentation(instruments, view)
+    instrumentation = Instrumentation(instruments, view, max_samples)
     FLUSHER.add(view.timings)
     return instrumentation
 
