@@ -41,9 +41,12 @@ def _peak(pg_server: Any, app_name: str, stop: threading.Event, values: list[int
         time.sleep(0.01)
 
 
-def test_async_orm_workload(pg_server: Any, app_name: str, dsn: str):
+@pytest.mark.parametrize("close_returns", [False, True])
+def test_async_orm_workload(pg_server: Any, app_name: str, dsn: str, close_returns: bool):
     async def main() -> tuple[list[str], int, dict[str, int]]:
-        async with AsyncConnectionPool(dsn, min_size=1, max_size=MAX, timeout=10.0) as pool:
+        async with AsyncConnectionPool(
+            dsn, min_size=1, max_size=MAX, timeout=10.0, close_returns=close_returns
+        ) as pool:
             engine = create_async_engine("postgresql+psycopg://", pool)
             async with engine.begin() as conn:
                 await conn.run_sync(Base.metadata.drop_all)
