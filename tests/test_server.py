@@ -14,7 +14,7 @@ import psycopg2
 import pytest
 from _pg import ADMIN_APP_NAME, PgServer, with_app_name
 
-from psycopool import _server
+from psycopool import _server, _server_bin
 from psycopool._server import PgBinNotFound, TempServer, find_pg_bin
 
 IS_ROOT = os.geteuid() == 0
@@ -40,8 +40,8 @@ def scratch() -> Iterator[Path]:
 
 
 def _server_user_can_exec(path: Path) -> bool:
-    user = _server._server_user()
-    return _server._user_can_exec(user, path)
+    user = _server_bin._server_user()
+    return _server_bin._user_can_exec(user, path)
 
 
 # -- the pg_server fixture ------------------------------------------------------------------
@@ -223,7 +223,7 @@ def test_find_pg_bin(pg_bin: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     with pytest.raises(PgBinNotFound, match="PG_BIN"):
         find_pg_bin()
     monkeypatch.delenv("PG_BIN")
-    wheel = _server._wheel_bin_dirs()
+    wheel = _server_bin._wheel_bin_dirs()
     if wheel:
         assert find_pg_bin() == wheel[0]
         assert wheel[0].parent.name == "pginstall18"
@@ -231,8 +231,8 @@ def test_find_pg_bin(pg_bin: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 def test_no_binaries_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PG_BIN", raising=False)
-    monkeypatch.setattr(_server, "_wheel_bin_dirs", lambda: [])
-    monkeypatch.setattr(_server, "_system_bin_dirs", lambda: [])
+    monkeypatch.setattr(_server_bin, "_wheel_bin_dirs", lambda: [])
+    monkeypatch.setattr(_server_bin, "_system_bin_dirs", lambda: [])
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(RuntimeError, match=r"pip install 'psycopool\[server\]'"):
         find_pg_bin()
@@ -275,11 +275,11 @@ def test_copy_install_from_root_only_dir(scratch: Path) -> None:
         install = _fake_install(private / "venv")
         before = _modes(private)
 
-        copy = _server._copy_install(install, dest_parent=scratch)
+        copy = _server_bin._copy_install(install, dest_parent=scratch)
         top = copy.parent.parent
         assert top.parent == scratch and copy == top / "pkg" / "pginstall18"
         assert top.name.startswith(f"psycopool-pgbin-{os.geteuid()}-")
-        assert (top / _server._COMPLETE_MARKER).is_file()
+        assert (top / _server_bin._COMPLETE_MARKER).is_file()
         assert stat.S_IMODE(top.stat().st_mode) == 0o755
         assert stat.S_IMODE((copy / "bin" / "postgres").stat().st_mode) == 0o755
         assert (
@@ -290,14 +290,14 @@ def test_copy_install_from_root_only_dir(scratch: Path) -> None:
         assert _server_user_can_exec(copy / "bin" / "postgres")
         assert _modes(private) == before  # the source folders were not loosened
 
-        marker = top / _server._COMPLETE_MARKER
+        marker = top / _server_bin._COMPLETE_MARKER
         marker_mtime = marker.stat().st_mtime_ns
-        assert _server._copy_install(install, dest_parent=scratch) == copy  # reused
+        assert _server_bin._copy_install(install, dest_parent=scratch) == copy  # reused
         assert marker.stat().st_mtime_ns == marker_mtime
         assert [p.name for p in scratch.iterdir()] == [top.name]  # no staging leftovers
 
         marker.unlink()  # incomplete: rebuilt
-        assert _server._copy_install(install, dest_parent=scratch) == copy
+        assert _server_bin._copy_install(install, dest_parent=scratch) == copy
         assert marker.is_file()
     finally:
         shutil.rmtree(private, ignore_errors=True)
@@ -307,22 +307,22 @@ def test_copy_install_from_root_only_dir(scratch: Path) -> None:
 def test_reachable_bin_copies_only_when_needed(
     scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_server, "_copy_root", lambda: scratch)
-    user = _server._server_user()
+    monkeypatch.setattr(_server_bin, "_copy_root", lambda: scratch)
+    user = _server_bin._server_user()
     assert user is not None
     private = Path(tempfile.mkdtemp(prefix="psycopool-private-", dir="/tmp"))
     try:
         install = _fake_install(private / "venv")
-        assert not _server._user_can_exec(user, install / "bin" / "postgres")
-        reachable = _server._reachable_bin(install / "bin", user)
+        assert not _server_bin._user_can_exec(user, install / "bin" / "postgres")
+        reachable = _server_bin._reachable_bin(install / "bin", user)
         assert scratch in reachable.parents and reachable.name == "bin"
-        assert _server._user_can_exec(user, reachable / "postgres")
+        assert _server_bin._user_can_exec(user, reachable / "postgres")
 
         private.chmod(0o755)  # now reachable as it is (all its folders and binaries)
         for d in (private / "venv", private / "venv" / "pkg", install, install / "bin"):
             d.chmod(0o755)
         (install / "bin" / "postgres").chmod(0o755)
-        assert _server._reachable_bin(install / "bin", user) == install / "bin"
+        assert _server_bin._reachable_bin(install / "bin", user) == install / "bin"
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
@@ -335,7 +335,7 @@ def test_server_from_root_only_venv(
     """End to end: the wheel's install tree inside a 0700 folder still runs a server."""
     if not (pg_bin.parent / "share").is_dir() or not (pg_bin.parent / "lib").is_dir():
         pytest.skip(f"{pg_bin} is not a relocatable install tree")
-    monkeypatch.setattr(_server, "_copy_root", lambda: scratch)
+    monkeypatch.setattr(_server_bin, "_copy_root", lambda: scratch)
     private = Path(tempfile.mkdtemp(prefix="psycopool-private-", dir="/tmp"))
     try:
         # the wheel's layout: site-packages/<pkg>/<install>/bin and site-packages/<pkg>.libs
@@ -345,8 +345,8 @@ def test_server_from_root_only_venv(
         libs = package.parent / f"{package.name}.libs"
         if libs.is_dir():
             shutil.copytree(libs, private / "venv" / libs.name, symlinks=True)
-        user = _server._server_user()
-        assert not _server._user_can_exec(user, install / "bin" / "postgres")
+        user = _server_bin._server_user()
+        assert not _server_bin._user_can_exec(user, install / "bin" / "postgres")
         with TempServer(pg_bin=install / "bin") as server:
             assert server.bin_dir is not None and scratch in server.bin_dir.parents
             # the data folder is not under the scratch root: only the binaries are copied
