@@ -280,6 +280,8 @@ def test_otel_instruments_are_the_conventions(dsn: str, otel: Any) -> None:
     p = dropin.ThreadedConnectionPool(2, 3, dsn)
     try:
         instrument(p, meter_provider=provider, name="legacy")
+        with pytest.raises(ValueError, match="'legacy' is already instrumented"):
+            instrument(p, meter_provider=provider, name="legacy")
         conns = [p.getconn() for _ in range(3)]  # 2 idle ones, then one opened
         time.sleep(0.002)
         p.putconn(conns.pop())

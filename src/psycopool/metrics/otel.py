@@ -136,7 +136,10 @@ class _Instruments:
     def add(self, view: PoolView, max_samples: int | None) -> Sink:
         sink = self._sink_for(view.name, max_samples)
         with self._lock:
-            self._views = [v for v in self._views if v.alive] + [view]
+            views = [v for v in self._views if v.alive]
+            if any(v.name == view.name for v in views):
+                raise ValueError(f"a pool named {view.name!r} is already instrumented")
+            self._views = [*views, view]
         view.timings.add_sink(sink)
         return sink
 
