@@ -125,3 +125,41 @@ def test_close_while_frozen(server: Frozen, driver: str) -> None:
     assert closed["duration"] < 3.0
     assert closed["stuck"] == 0
     assert wait_until(lambda: server.count(app) == 0, 10)
+
+
+def test_async_ping_and_close_bounded_while_frozen(server: Frozen) -> None:
+    """The asyncio pool: a ping on a frozen server ends by the pool's timeout; close() returns."""
+    import asyncio
+
+    from psycopool import AsyncConnectionPool, PoolTimeout
+
+    app = f"psycopool-frozen-{next(_apps)}"
+
+    async def main() -> tuple[float, float, float]:
+        pool = AsyncConnectionPool(
+            f"{server.server.dsn} application_name={app}", min_size=2, check="ping", timeout=1.5
+        )
+        await pool.open(wait=True)
+        lent = await pool.getconn()
+        busy = asyncio.ensure_future(lent.execute("SELECT pg_sleep(0.2)"))
+        await asyncio.sleep(0.05)
+        with frozen(server.server.data_dir):
+            started = time.monotonic()
+            await pool.check()  # pings the idle connection: ends by the pool's timeout
+            checked = time.monotonic() - started
+            started = time.monotonic()
+            with pytest.raises(PoolTimeout):
+                await pool.getconn(timeout=1.5)
+            got = time.monotonic() - started
+            started = time.monotonic()
+            await pool.close(timeout=1)
+            closed = time.monotonic() - started
+        await asyncio.gather(busy, return_exceptions=True)
+        return got, checked, closed
+
+    got, checked, closed = asyncio.run(main())
+    print(f"async: getconn {got:.2f} s, check {checked:.2f} s, close {closed:.2f} s")
+    assert got < 1.5 + 1.0
+    assert 1.0 < checked < 1.5 + 1.0  # it did wait for an answer, then gave up
+    assert closed < 1 + 2.0
+    assert wait_until(lambda: server.count(app) == 0, 10)

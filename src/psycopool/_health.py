@@ -15,7 +15,7 @@ import select
 from typing import Any
 
 from psycopool._drivers import AsyncDriver, Driver
-from psycopool._network import bounded
+from psycopool._network import WATCHDOG, bounded
 
 #: A connection returned less than this many seconds ago (100 µs) is handed out
 #: again without looking at its socket: a tight borrow/return loop skips one
@@ -113,10 +113,17 @@ def _select_one(driver: Driver) -> Any:
     return lambda conn: driver.execute_autocommit(conn, "SELECT 1")
 
 
-async def aping(driver: AsyncDriver, conn: Any) -> bool:
-    """:func:`ping` for an async connection. A cancellation is not caught."""
+async def aping(
+    driver: AsyncDriver, conn: Any, fd: int = -1, deadline: float | None = None
+) -> bool:
+    """:func:`ping` for an async connection, bounded the same way. A cancellation is not caught."""
+    token = WATCHDOG.arm(fd, deadline) if deadline is not None and fd >= 0 else 0
     try:
         await driver.aexecute_autocommit(conn, "SELECT 1")
+        ok = True
     except Exception:
-        return False
-    return True
+        ok = False
+    finally:
+        if token and WATCHDOG.disarm(token):
+            ok = False  # the socket was shut down: discard the connection
+    return ok

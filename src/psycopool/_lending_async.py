@@ -141,7 +141,7 @@ class AsyncLendingPool(BasePool[CT]):
                 if self._liveness_only:
                     if is_alive(self._driver, conn, entry.fd, engine.watcher):
                         return self._lend(entry)
-                elif await self._checked(entry):
+                elif await self._checked(entry, deadline):
                     return self._lend(entry)
                 self._drop(entry, conn, "lost")
                 entry = None
@@ -149,7 +149,9 @@ class AsyncLendingPool(BasePool[CT]):
             assert entry is not None
             conn = entry.conn
             now = self.clock()
-            if now < entry.expires_at and await self._checked(entry):
+            if not deadline:
+                deadline = time.monotonic() + timeout
+            if now < entry.expires_at and await self._checked(entry, deadline):
                 return self._lend(entry)
             self._drop(entry, conn, "lost" if now < entry.expires_at else "recycled")
             entry = None
@@ -167,15 +169,15 @@ class AsyncLendingPool(BasePool[CT]):
             entry.leak_reported = False
         return conn  # type: ignore[no-any-return]
 
-    async def _checked(self, entry: PooledConnection) -> bool:
+    async def _checked(self, entry: PooledConnection, deadline: float) -> bool:
         """Run the configured check; interrupted (cancelled), the connection is closed."""
         try:
-            return await self._passes_check(entry)
+            return await self._passes_check(entry, deadline)
         except BaseException:
             self._drop(entry, entry.conn, None)
             raise
 
-    async def _passes_check(self, entry: PooledConnection) -> bool:
+    async def _passes_check(self, entry: PooledConnection, deadline: float) -> bool:
         policy = self.check_policy
         conn = entry.conn
         if policy is None:
@@ -185,7 +187,8 @@ class AsyncLendingPool(BasePool[CT]):
         if policy == "liveness":
             return True
         if policy == "ping":
-            return await aping(self._adriver, conn)
+            # Ends by the borrower's deadline: a dead network or a frozen server can't hold it.
+            return await aping(self._adriver, conn, entry.fd, deadline)
         try:
             await maybe_await(policy(conn))
         except Exception as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from psycopool._args import MAX_SIZE
@@ -67,7 +68,7 @@ class AsyncNullConnectionPool(AsyncConnectionPool[CT]):
         if self._closed:
             engine.close_one(entry)
             raise self._closed_error()
-        if self._liveness_only or await self._checked(entry):
+        if self._liveness_only or await self._checked(entry, time.monotonic() + timeout):
             return self._lend(entry)
         self._drop(entry, entry.conn, "lost")
         return await super().getconn(timeout)

@@ -318,9 +318,13 @@ class AsyncConnectionPool(AsyncLendingPool[CT]):
         engine = self._engine
         good: list[PooledConnection] = []
         bad: list[PooledConnection] = []
+        # Every ping ends by the pool's timeout: check() is bounded even on a dead network.
+        deadline = time.monotonic() + self.timeout
         try:
             for entry in entries:
-                if engine.is_alive(entry) and await aping(self._adriver, entry.conn):
+                if engine.is_alive(entry) and await aping(
+                    self._adriver, entry.conn, entry.fd, deadline
+                ):
                     good.append(entry)
                 else:
                     bad.append(entry)
