@@ -214,6 +214,19 @@ def _opened(
         ctx.admin.wait_count(app, 0, timeout=3.0)
 
 
+def _us_row(ns: Sequence[int], cost: int = 0) -> dict[str, float]:
+    """The row of ``_columns_us()`` for one peer's samples in ns, less ``cost`` ns each (the
+    timing harness's own, so the figures are the pool's)."""
+    net = sorted(max(0, t - cost) for t in ns)
+    return {
+        "mean_us": sum(net) / len(net) / 1000.0,
+        "p50_us": _pct(net, 50) / 1000.0,
+        "p99_us": _pct(net, 99) / 1000.0,
+        "max_us": net[-1] / 1000.0,
+        "n": float(len(net)),
+    }
+
+
 def _columns_us() -> list[Column]:
     return [
         Column("mean_us", "mean µs", ".2f"),

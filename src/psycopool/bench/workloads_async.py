@@ -32,6 +32,7 @@ from psycopool.bench.harness import (
     _columns_us,
     _error_text,
     _pct,
+    _us_row,
     percentiles_ms,
 )
 from psycopool.bench.peers_async import ASYNC_PEERS, AsyncPeer
@@ -177,17 +178,8 @@ def _sliced(ctx: Context, peers: Sequence[type[Peer]], name: str) -> list[Table]
     for key, ns in timings.items():
         if key in table.errors or not ns:
             continue
-        if harness:
-            cost = harness[_peer(peers, key).uses_context]
-            ns = [max(0, t - cost) for t in ns]
-        ns.sort()
-        table.rows[key] = {
-            "mean_us": sum(ns) / len(ns) / 1000.0,
-            "p50_us": _pct(ns, 50) / 1000.0,
-            "p99_us": _pct(ns, 99) / 1000.0,
-            "max_us": ns[-1] / 1000.0,
-            "n": float(len(ns)),
-        }
+        cost = harness[_peer(peers, key).uses_context] if harness else 0
+        table.rows[key] = _us_row(ns, cost)
     return [table]
 
 

@@ -16,8 +16,8 @@ from psycopool.bench.harness import (
     _columns_us,
     _error_text,
     _opened,
-    _pct,
     _run_query,
+    _us_row,
 )
 from psycopool.bench.peers_base import Peer
 
@@ -147,18 +147,11 @@ def _sliced(ctx: Context, peers: Sequence[type[Peer]], name: str) -> list[Table]
     for key, ns in timings.items():
         if key in failed or not ns:
             continue
+        cost = 0
         if harness:
             uses_context = next(type(p).uses_context for p in opened if type(p).key == key)
             cost = harness[uses_context]
-            ns = [max(0, t - cost) for t in ns]
-        ns.sort()
-        table.rows[key] = {
-            "mean_us": sum(ns) / len(ns) / 1000.0,
-            "p50_us": _pct(ns, 50) / 1000.0,
-            "p99_us": _pct(ns, 99) / 1000.0,
-            "max_us": ns[-1] / 1000.0,
-            "n": float(len(ns)),
-        }
+        table.rows[key] = _us_row(ns, cost)
     return [table]
 
 
