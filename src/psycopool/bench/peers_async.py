@@ -17,11 +17,9 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
-from psycopool.bench.peers_base import Peer, app_name
+from psycopool.bench.peers_base import _GET_TIMEOUT, Peer, app_name
 
 __all__ = ["ASYNC_PEERS", "AsyncPeer"]
-
-_GET_TIMEOUT = 120.0
 
 
 class AsyncPeer(Peer):

@@ -12,6 +12,9 @@ __all__ = ["APP_PREFIX", "Exhausted", "Peer", "app_name", "dsn_for"]
 
 APP_PREFIX = "psycopool-bench-"
 
+# How long a waiting pool may block before the bench calls it stuck (seconds).
+_GET_TIMEOUT = 120.0
+
 
 def app_name(key: str) -> str:
     """The ``application_name`` of a peer's connections."""

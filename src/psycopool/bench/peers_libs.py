@@ -9,10 +9,7 @@ import logging
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
-from psycopool.bench.peers_base import Peer
-
-# How long a waiting pool may block before the bench calls it stuck (seconds).
-_GET_TIMEOUT = 120.0
+from psycopool.bench.peers_base import _GET_TIMEOUT, Peer
 
 
 def _has_modern_pool() -> bool:
