@@ -340,20 +340,31 @@ class LendingPool(BasePool[CT]):
         driver = self._driver
         broken = driver.is_closed(conn)
         ok = not broken and not self._closed
-        if ok:
-            if self.reset_policy is None:
-                ok = driver.transaction_status(conn) == IDLE or clean(
-                    driver, conn, entry.state, session_sql=self._session_sql, name=self.name
-                )
-            else:
-                ok = clean(
-                    driver,
-                    conn,
-                    entry.state,
-                    self._reset_extra,
-                    session_sql=self._session_sql,
-                    name=self.name,
-                )
+        try:
+            if ok:
+                if self.reset_policy is None:
+                    ok = driver.transaction_status(conn) == IDLE or clean(
+                        driver, conn, entry.state, session_sql=self._session_sql, name=self.name
+                    )
+                else:
+                    ok = clean(
+                        driver,
+                        conn,
+                        entry.state,
+                        self._reset_extra,
+                        session_sql=self._session_sql,
+                        name=self.name,
+                    )
+        except BaseException:
+            # Interrupted while cleaning (KeyboardInterrupt, a BaseException from the
+            # reset function): its state is unknown. Close it and free its slot.
+            with engine.lock:
+                engine.pending -= 1
+                engine.retire_locked(entry, reason="interrupted")
+            engine.close_one(entry)
+            if not self._closed:
+                self._upkeep.request_connections()
+            raise
         expired = engine.clock() >= entry.expires_at
         with engine.lock:
             engine.pending -= 1

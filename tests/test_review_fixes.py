@@ -1,0 +1,55 @@
+"""Defects found by the review of the pools: each test failed before its fix.
+
+Every pool here is small and every wait bounded (a few seconds at most).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from _pg import PgServer
+
+from psycopool import ConnectionPool
+
+
+class Interrupt(BaseException):
+    """Not an Exception: like KeyboardInterrupt, SystemExit or gevent's Timeout."""
+
+
+def _settle(pool: ConnectionPool[Any], pg_server: PgServer, app_name: str) -> None:
+    """The pool's books match the server's count once the connectors are done."""
+    deadline = time.monotonic() + 5
+    while True:
+        stats = pool.get_stats()
+        server = pg_server.count(app_name)
+        if stats["pool_size"] == server and stats["requests_waiting"] == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"pool {stats} vs server {server}")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_return_interrupted_while_cleaning_frees_its_slot(
+    dsn: str, pg_server: PgServer, app_name: str, driver: str
+) -> None:
+    """A BaseException inside the reset (a return's slow path) left the slot counted
+    "pending" for ever: with max_size=1 the pool could never lend again."""
+    calls = []
+
+    def reset(conn: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise Interrupt
+
+    with ConnectionPool(dsn, min_size=0, max_size=1, reset=reset, driver=driver) as pool:
+        conn = pool.getconn(timeout=5)
+        with pytest.raises(Interrupt):
+            pool.putconn(conn)
+        assert conn.closed  # its state is unknown: closed, never lent again
+        other = pool.getconn(timeout=3)
+        assert other is not conn
+        pool.putconn(other)
+        _settle(pool, pg_server, app_name)
