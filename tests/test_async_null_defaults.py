@@ -1,8 +1,10 @@
-"""AsyncNullConnectionPool's default max_size (None: no bound) must pass the size checks."""
+"""AsyncNullConnectionPool: its size rules (no bound by default, min_size 0) and max_lifetime."""
 
 from __future__ import annotations
 
 import asyncio
+
+import pytest
 
 from psycopool import AsyncNullConnectionPool
 
@@ -33,3 +35,14 @@ def test_connection_opened_for_a_borrower_still_expires(dsn: str) -> None:
 
     pids = asyncio.run(asyncio.wait_for(main(), 30))
     assert pids[0] != pids[4], pids
+
+
+def test_resize_keeps_min_size_zero(dsn: str) -> None:
+    async def main() -> None:
+        async with AsyncNullConnectionPool(dsn, max_size=2) as pool:
+            with pytest.raises(ValueError, match="min_size"):
+                await pool.resize(1)
+            await pool.resize(0, 3)
+            assert (pool.min_size, pool.max_size) == (0, 3)
+
+    asyncio.run(asyncio.wait_for(main(), 30))

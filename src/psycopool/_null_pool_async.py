@@ -34,6 +34,14 @@ class AsyncNullConnectionPool(AsyncConnectionPool[CT]):
         super().__init__(conninfo, min_size=0, max_size=max_size, **kwargs)
         self._rollback_only = False  # every return takes the path that may close
 
+    async def resize(self, min_size: int, max_size: int | None = None) -> None:
+        """Change ``max_size`` (``None`` or 0: no bound); ``min_size`` must stay 0."""
+        if min_size != 0 or isinstance(min_size, bool):
+            raise ValueError(f"min_size must be 0 for a null pool; got {min_size!r}")
+        if max_size is None or (max_size == 0 and not isinstance(max_size, bool)):
+            max_size = MAX_SIZE
+        await super().resize(0, max_size)
+
     def _give_back_locked(self, entry: PooledConnection, now: float) -> bool:
         """To the oldest waiter; with none, retired (the caller closes it). Lock held."""
         engine = self._engine
