@@ -7,7 +7,8 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from psycopool._drivers import IDLE, Driver, SessionState, masked_error
+from psycopool._drivers._interface import IDLE, Driver, SessionState
+from psycopool._drivers._masking import masked_error
 
 try:
     import psycopg

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from psycopool._drivers import IDLE, Driver, SessionState, SessionStateError, masked_error
+from psycopool._drivers._interface import IDLE, Driver, SessionState, SessionStateError
+from psycopool._drivers._masking import masked_error
 
 try:
     import psycopg2

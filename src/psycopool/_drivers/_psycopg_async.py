@@ -10,7 +10,8 @@ from typing import Any
 
 import psycopg
 
-from psycopool._drivers import IDLE, AsyncDriver, SessionState, masked_error
+from psycopool._drivers._interface import IDLE, AsyncDriver, SessionState
+from psycopool._drivers._masking import masked_error
 from psycopool._drivers._psycopg import (
     DROPS_PREPARED,
     PsycopgInspector,
