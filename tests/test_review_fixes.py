@@ -53,3 +53,36 @@ def test_return_interrupted_while_cleaning_frees_its_slot(
         assert other is not conn
         pool.putconn(other)
         _settle(pool, pg_server, app_name)
+
+
+def test_dropin_return_interrupted_while_rolling_back_frees_its_slot(
+    dsn: str, pg_server: PgServer, app_name: str
+) -> None:
+    """The drop-in's putconn of a dirty connection, interrupted in its rollback, kept
+    the slot counted for ever: maxconn=1 then said "connection pool exhausted"."""
+    import psycopg2.extensions
+
+    from psycopool.pool import ThreadedConnectionPool
+
+    interrupt = []
+
+    class Conn(psycopg2.extensions.connection):
+        def rollback(self) -> None:
+            if interrupt:
+                interrupt.clear()
+                raise Interrupt
+            super().rollback()
+
+    pool = ThreadedConnectionPool(0, 1, dsn, connection_factory=Conn)
+    try:
+        conn = pool.getconn()
+        conn.cursor().execute("SELECT 1")  # in a transaction: the return rolls back
+        interrupt.append(1)
+        with pytest.raises(Interrupt):
+            pool.putconn(conn)
+        assert conn.closed
+        other = pool.getconn()
+        pool.putconn(other)
+        assert pg_server.wait_count(app_name, 0) == 0  # minconn=0: none kept
+    finally:
+        pool.closeall()

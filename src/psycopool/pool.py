@@ -326,7 +326,15 @@ class AbstractConnectionPool:
     def _clean_and_keep(self, entry: PooledConnection) -> None:
         """Roll back and restore a returned connection (counted pending), then keep or close it."""
         engine = self._engine
-        ok = clean(engine.driver, entry.conn, entry.state, name=self.name)
+        try:
+            ok = clean(engine.driver, entry.conn, entry.state, name=self.name)
+        except BaseException:
+            # Interrupted (KeyboardInterrupt...): its state is unknown; close it, free its slot.
+            with engine.lock:
+                engine.pending -= 1
+                engine.retire_locked(entry)
+            engine.close_one(entry, "interrupted")
+            raise
         with engine.lock:
             engine.pending -= 1
             keep = ok and not self.closed and self._keeps_returned_locked()
