@@ -14,17 +14,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic
+from typing import TYPE_CHECKING, Any
 
 from psycopool._args import MAX_SECONDS
 from psycopool._base import CT, BasePool, positive
+from psycopool._borrowed import Borrowed
 from psycopool._drivers import IDLE, get_driver, hide_password
 from psycopool._engine import PooledConnection, Waiter, stale_return
-from psycopool._errors import PoolClosed, TooManyRequests
+from psycopool._errors import TooManyRequests
 from psycopool._health import RECENTLY_USED, ping
 from psycopool._loans import Stack
-from psycopool._readonly import server_turned_read_only
 from psycopool._reset import clean
 
 if TYPE_CHECKING:
@@ -269,6 +268,8 @@ class LendingPool(BasePool[CT]):
         A connection closed inside the block ends it quietly: the pool discards
         it and opens a replacement.
         """
+        from psycopool._borrowed import Borrowed
+
         return Borrowed(self, timeout)
 
     # -- returning -----------------------------------------------------------
@@ -413,78 +414,3 @@ class LendingPool(BasePool[CT]):
 
     def _leave_read_only_server(self, conn: Any) -> None:
         raise NotImplementedError  # ConnectionPool's
-
-
-class Borrowed(Generic[CT]):
-    """The context manager returned by :meth:`ConnectionPool.connection`."""
-
-    __slots__ = ("_conn", "_pool", "_timeout")
-
-    def __init__(self, pool: LendingPool[CT], timeout: float | None) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._conn: Any = None
-
-    def __enter__(self) -> CT:
-        self._conn = conn = self._pool.getconn(self._timeout)
-        return conn
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        conn = self._conn
-        self._conn = None
-        pool = self._pool
-        driver = pool._driver
-        try:
-            if exc_type is None:
-                # Both drivers' connections have `closed`.
-                if not conn.closed:
-                    driver.commit(conn)
-                elif pool._closed:
-                    raise pool._err(
-                        PoolClosed,
-                        f"pool {pool.name!r} was closed, and this connection with it, before"
-                        " the block ended: its transaction was not committed",
-                    )
-                # Else closed in the block: nothing to end; putconn discards it.
-            elif driver.is_closed(conn):
-                pass  # closed or broken in the block: putconn discards it
-            else:
-                try:
-                    driver.rollback(conn)
-                except Exception:
-                    pass  # the connection is broken: putconn discards it
-                else:
-                    if server_turned_read_only(driver, conn, exc):
-                        pool._leave_read_only_server(conn)
-        finally:
-            pool.putconn(conn)
-
-
-_returning_classes: dict[type[Any], type[Any]] = {}
-
-
-def returning_class(cls: type[Any]) -> type[Any]:
-    """A subclass of the connection class ``cls`` whose ``close()`` returns a lent connection.
-
-    For ``close_returns=True`` where the driver has no such hook (psycopg2,
-    psycopg < 3.3). The pool sets ``conn._pool`` while the connection is lent.
-    """
-    sub = _returning_classes.get(cls)
-    if sub is None:
-        base_close = cls.close
-
-        def close(self: Any) -> None:
-            pool = self._pool
-            if pool is not None and not self.closed:
-                pool.putconn(self)
-            else:
-                base_close(self)
-
-        namespace = {"close": close, "_pool": None, "__module__": cls.__module__}
-        sub = _returning_classes[cls] = type(cls.__name__, (cls,), namespace)
-    return sub

@@ -26,11 +26,12 @@ from psycopool._base import (
     ResetPolicy,
     positive,
 )
+from psycopool._borrowed import returning_class
 from psycopool._drivers import IDLE, INTRANS
 from psycopool._engine import PooledConnection
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout
 from psycopool._health import ping
-from psycopool._lending import LendingPool, returning_class
+from psycopool._lending import LendingPool
 from psycopool._network import DEFAULT_NETWORK_TIMEOUT, interrupt
 from psycopool._pooler import Pooler
 from psycopool._upkeep import Upkeep
