@@ -268,7 +268,6 @@ class LendingPool(BasePool[CT]):
         A connection closed inside the block ends it quietly: the pool discards
         it and opens a replacement.
         """
-        from psycopool._borrowed import Borrowed
 
         return Borrowed(self, timeout)
 
