@@ -281,3 +281,23 @@ def test_close_returns(arun, dsn: str, pg_server, app_name: str):
         assert pg_server.wait_count(app_name, 0) == 0
 
     arun(main)
+
+
+def test_abandoned_pool_warns_once_naming_it(arun, dsn: str, pg_server, app_name: str):
+    import gc
+    import warnings
+
+    async def main() -> None:
+        pool = AsyncConnectionPool(dsn, min_size=2, name="abandoned")
+        await pool.open(wait=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del pool
+            for _ in range(3):
+                gc.collect()
+                await asyncio.sleep(0)
+        messages = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+        assert len(messages) == 1 and "'abandoned'" in messages[0], messages
+        assert pg_server.wait_count(app_name, 0) == 0
+
+    arun(main)

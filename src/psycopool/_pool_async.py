@@ -18,6 +18,8 @@ import asyncio
 import inspect
 import logging
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
@@ -31,7 +33,7 @@ from psycopool._base import (
     positive,
 )
 from psycopool._drivers import IDLE, INTRANS, get_async_driver
-from psycopool._engine import PooledConnection
+from psycopool._engine import Engine, PooledConnection
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout
 from psycopool._health import aping
 from psycopool._lending_async import AsyncLendingPool, maybe_await
@@ -111,8 +113,30 @@ class AsyncConnectionPool(AsyncLendingPool[CT]):
         engine.driver = driver
         engine.track_dropped = True
         self._reset_extra = self._reset_function(reset)
-        self._upkeep = AsyncUpkeep(engine, self._settings, self._open_one, self._reconnect_failed)
-        self._upkeep.place_locked = self._place_new_locked  # type: ignore[method-assign]
+        # The background work holds the pool weakly: an abandoned pool is then freed
+        # by reference counting, its __del__ first (see there), not in a cycle.
+        ref = weakref.ref(self)
+
+        async def open_one() -> Any:
+            pool = ref()
+            if pool is None:
+                raise PoolClosed("the pool was garbage-collected")
+            return await pool._open_one()
+
+        def gave_up() -> None:
+            pool = ref()
+            if pool is not None:
+                pool._reconnect_failed()
+
+        def place_locked(entry: PooledConnection) -> bool:
+            pool = ref()
+            if pool is None:
+                engine.retire_locked(entry)
+                return False
+            return pool._place_new_locked(entry)
+
+        self._upkeep = AsyncUpkeep(engine, self._settings, open_one, gave_up)
+        self._upkeep.place_locked = place_locked  # type: ignore[method-assign]
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Lend from the idle stack without a look at the socket when recently used.
         self._fast_lend = self._liveness_only and self.leak_timeout is None
@@ -141,8 +165,12 @@ class AsyncConnectionPool(AsyncLendingPool[CT]):
         if self._configure is not None:
             await maybe_await(self._configure(conn))
 
+    def _make_engine(self, max_size: int) -> Engine:
+        # No bound method of the pool in the engine: no reference cycle (see __del__).
+        return Engine(self._driver, _no_sync_connect, max_size=max_size, clock=self.clock)
+
     def _connect(self) -> Any:
-        raise TypeError("an async pool connects with await (_open_one)")
+        return _no_sync_connect()
 
     async def _open_one(self) -> Any:
         """Open one connection (called by connector tasks) and run ``configure`` on it."""
@@ -294,9 +322,33 @@ class AsyncConnectionPool(AsyncLendingPool[CT]):
         await self.close()
 
     def __del__(self) -> None:
+        # An abandoned pool: one warning naming it (not one per connection from
+        # psycopg), its tasks told to stop, its idle connections closed (no I/O to await).
         upkeep = getattr(self, "_upkeep", None)
-        if upkeep is not None and not getattr(self, "_closed", True):
-            upkeep._stopped = True  # the upkeep task ends at its next tick
+        if upkeep is None or getattr(self, "_closed", True) or not getattr(self, "_opened", 0):
+            return
+        self._closed = True
+        self._usable = False
+        upkeep._stopped = True  # the upkeep task ends at its next tick
+        warnings.warn(
+            f"psycopool: pool {self.name!r} was garbage-collected without being closed;"
+            " use `async with AsyncConnectionPool(...) as pool:` or `await pool.close()`",
+            ResourceWarning,
+            stacklevel=2,
+        )
+        engine = self._engine
+        if engine.lock.acquire(timeout=1.0):
+            try:
+                engine.closed = True
+                idle = list(engine.idle)
+                engine.idle.clear()
+                engine.retire_locked(*idle)
+            finally:
+                engine.lock.release()
+            try:
+                engine.close(idle)
+            except Exception:
+                pass  # interpreter shutdown: the driver may be half gone
 
     # -- maintenance ---------------------------------------------------------
 
@@ -394,3 +446,7 @@ class AsyncConnectionPool(AsyncLendingPool[CT]):
             self.name,
         )
         await self.drain()
+
+
+def _no_sync_connect() -> Any:
+    raise TypeError("an async pool connects with await (_open_one)")
