@@ -11,7 +11,7 @@ import psycopg
 import psycopg2
 import psycopg2.extensions
 import pytest
-from _modern import pid_of, wait_until, wait_waiting
+from _modern import pid_of, wait_waiting
 
 from psycopool import ConnectionPool, NullConnectionPool, PoolTimeout
 
@@ -53,11 +53,11 @@ def test_failing_check_times_out_on_the_first_borrow_after_open(pg_server: Any, 
 
 def test_check_runs_on_a_connection_handed_to_a_waiter(pg_server: Any, dsn: str, driver: str):
     checked: list[int] = []
-    reject = threading.Event()
+    reject: list[Any] = []
 
     def check(conn: Any) -> None:
         checked.append(id(conn))
-        if reject.is_set():
+        if conn in reject:
             raise RuntimeError("demoted to standby")
 
     with ConnectionPool(dsn, min_size=1, max_size=1, check=check, driver=driver) as pool:
@@ -67,13 +67,12 @@ def test_check_runs_on_a_connection_handed_to_a_waiter(pg_server: Any, dsn: str,
         thread = threading.Thread(target=lambda: result.append(pool.getconn(timeout=10)))
         thread.start()
         wait_waiting(pool, 1)
-        reject.set()  # the next check fails: the waiter must not get this connection
-        before = len(checked)
+        reject.append(conn)  # its next check fails: the waiter must not get it
         pool.putconn(conn)
-        assert wait_until(lambda: len(checked) > before, 5)
-        reject.clear()  # the replacement passes
         thread.join(10)
-        assert result and result[0] is not conn
+        assert id(conn) in checked  # checked on the handoff, and refused
+        assert result and result[0] is not conn  # a replacement, checked too
+        assert checked[-1] == id(result[0])
         assert pool.stats()["connections_lost"] == 1
         pool.putconn(result[0])
 
