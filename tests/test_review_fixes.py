@@ -86,3 +86,73 @@ def test_dropin_return_interrupted_while_rolling_back_frees_its_slot(
         assert pg_server.wait_count(app_name, 0) == 0  # minconn=0: none kept
     finally:
         pool.closeall()
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_drain_during_check_replaces_the_connections_being_checked(
+    dsn: str, pg_server: PgServer, app_name: str, driver: str
+) -> None:
+    """check() takes the idle connections off the stack to ping them; a drain() meanwhile
+    did not see them, and check() put them back: a connection opened before drain() was
+    lent after it. The ping is held up by stopping the connection's server process."""
+    import os
+    import signal
+    import threading
+
+    with ConnectionPool(dsn, min_size=1, max_size=1, timeout=10, driver=driver) as pool:
+        pool.wait(5)
+        (old_pid,) = pg_server.pids(app_name)
+        os.kill(old_pid, signal.SIGSTOP)
+        try:
+            checker = threading.Thread(target=pool.check, daemon=True)
+            checker.start()
+            deadline = time.monotonic() + 5
+            while pool.get_stats()["pool_available"]:  # taken off idle for its ping
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            pool.drain()
+        finally:
+            os.kill(old_pid, signal.SIGCONT)
+        checker.join(10)
+        assert not checker.is_alive()
+        with pool.connection(timeout=5) as conn:
+            cur = conn.cursor()
+            cur.execute("SELECT pg_backend_pid()")
+            row = cur.fetchone()
+            assert row is not None
+            assert row[0] != old_pid
+        _settle(pool, pg_server, app_name)
+
+
+def test_async_drain_during_check_replaces_the_connections_being_checked(
+    dsn: str, pg_server: PgServer, app_name: str
+) -> None:
+    """The same race on AsyncConnectionPool."""
+    import asyncio
+    import os
+    import signal
+
+    from psycopool import AsyncConnectionPool
+
+    async def main() -> None:
+        async with AsyncConnectionPool(dsn, min_size=1, max_size=1, timeout=10) as pool:
+            await pool.wait(5)
+            (old_pid,) = pg_server.pids(app_name)
+            os.kill(old_pid, signal.SIGSTOP)
+            try:
+                checker = asyncio.ensure_future(pool.check())
+                deadline = time.monotonic() + 5
+                while pool.get_stats()["pool_available"]:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
+                await pool.drain()
+            finally:
+                os.kill(old_pid, signal.SIGCONT)
+            await asyncio.wait_for(checker, 10)
+            async with pool.connection(timeout=5) as conn:
+                cur = await conn.execute("SELECT pg_backend_pid()")
+                row = await cur.fetchone()
+                assert row is not None
+                assert row[0] != old_pid
+
+    asyncio.run(main())

@@ -391,6 +391,12 @@ class AsyncConnectionPool(AsyncLendingPool[CT]):
                 if self._closed:
                     bad.extend(good)
                     good = []
+                # drain() during the pings did not see these: close the ones it ended.
+                drained = [e for e in good if e.epoch != engine.epoch]
+                if drained:
+                    good = [e for e in good if e.epoch == engine.epoch]
+                    engine.retire_locked(*drained, reason="drained")
+                    self._settings.counters["connections_drained"] += len(drained)
                 now = engine.clock()
                 for entry in good:
                     idle_since = entry.idle_since
@@ -403,6 +409,7 @@ class AsyncConnectionPool(AsyncLendingPool[CT]):
                     engine.idle.extend(ordered)
                 engine.retire_locked(*bad, reason="dead")
             engine.close(bad)
+            engine.close(drained)
 
     async def check(self) -> None:
         """Check every idle connection now (liveness and a round trip); replace the dead ones."""
