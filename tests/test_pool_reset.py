@@ -255,7 +255,8 @@ def test_failing_configure_closes_the_connection(pg_server: Any, app_name: str, 
         with pytest.raises(Exception, match="configure failed on purpose"):
             pool.getconn(timeout=0.5)
         assert pool.stats()["connections_errors"] >= 1
-        assert pg_server.count(app_name) == 0
+        # the backend exits asynchronously after the client closes: a bounded wait, not one read
+        assert pg_server.wait_count(app_name, 0, timeout=10) == 0
 
 
 def test_configure_settings_survive_discard(dsn: str):
