@@ -83,3 +83,29 @@ def test_generic_connection_class(arun, dsn: str):
                     assert type(conn) is MyConn
 
     arun(main)
+
+
+def test_a_slow_connect_given_up_is_closed_when_it_ends(arun, dsn: str, pg_server, app_name: str):
+    """A borrower that stops waiting doesn't drop the connection being opened for it."""
+
+    class SlowConn(psycopg.AsyncConnection[Any]):
+        @classmethod
+        async def connect(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            conn = await super().connect(*args, **kwargs)
+            await asyncio.sleep(0.3)  # connected, not yet handed to the pool
+            return conn
+
+    async def main() -> None:
+        async with AsyncNullConnectionPool(dsn, max_size=1, connection_class=SlowConn) as pool:
+            with pytest.raises(PoolTimeout):
+                await pool.wait(timeout=0.1)
+            task = asyncio.ensure_future(pool.getconn())
+            await asyncio.sleep(0.1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            async with pool.connection(timeout=5) as conn:  # served once the slot is free
+                await conn.execute("SELECT 1")
+        assert pg_server.wait_count(app_name, 0) == 0
+
+    arun(main)

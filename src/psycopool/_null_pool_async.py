@@ -82,24 +82,32 @@ class AsyncNullConnectionPool(AsyncConnectionPool[CT]):
         return await super().getconn(timeout)
 
     async def _open_reserved(self, timeout: float, epoch: int) -> PooledConnection:
-        """Open a connection for a slot already counted pending, within ``timeout`` seconds."""
+        """Open a connection for a slot already counted pending, within ``timeout`` seconds.
+
+        The attempt runs as a task that is never cancelled: a borrower that times
+        out or is cancelled stops *waiting* for it, and the attempt, once over,
+        closes what it opened and gives the slot back. (Cancelled between the
+        driver's connect and its return, it would drop an open connection.)
+        """
         engine = self._engine
         start = engine.clock()
+        attempt = asyncio.ensure_future(self._open_one())
         try:
-            conn = await asyncio.wait_for(self._open_one(), timeout)
-        except asyncio.TimeoutError:
-            engine.connect_failed()
+            done, _ = await asyncio.wait({attempt}, timeout=timeout)
+        except BaseException:
+            attempt.add_done_callback(self._abandoned_attempt)
+            raise
+        if not done:
+            attempt.add_done_callback(self._abandoned_attempt)
             with engine.lock:
                 self._requests_errors += 1
             raise self._err(
                 PoolTimeout,
                 f"couldn't connect for pool {self.name!r} within {timeout:.2f} s"
                 f"{self._last_error_hint()}",
-            ) from None
-        except asyncio.CancelledError:
-            with engine.lock:
-                engine.pending -= 1  # not a failed attempt
-            raise
+            )
+        try:
+            conn = attempt.result()
         except Exception as exc:
             engine.connect_failed()
             engine.last_connect_error = hide_password(str(exc).strip()) or type(exc).__name__
@@ -122,3 +130,15 @@ class AsyncNullConnectionPool(AsyncConnectionPool[CT]):
             engine.pending -= 1
             engine.retire_locked(entry)
         engine.close_one(entry)
+
+    def _abandoned_attempt(self, attempt: asyncio.Future[Any]) -> None:
+        """A connection attempt whose borrower stopped waiting ended: close it, free its slot."""
+        engine = self._engine
+        if attempt.cancelled() or attempt.exception() is not None:
+            engine.connect_failed()
+        else:
+            self._driver.close(attempt.result())
+            with engine.lock:
+                engine.pending -= 1
+        if not self._closed:
+            self._upkeep.request_connections()  # a borrower may wait for that slot
