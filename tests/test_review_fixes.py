@@ -156,3 +156,40 @@ def test_async_drain_during_check_replaces_the_connections_being_checked(
                 assert row[0] != old_pid
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_close_in_block_with_close_returns_touches_no_later_loan(
+    dsn: str, pg_server: PgServer, app_name: str, driver: str
+) -> None:
+    """With close_returns=True, conn.close() in `with pool.connection()` returns it; the
+    block's end then committed on it and returned it again (ValueError), even when another
+    borrower held it by then: its transaction was committed under it."""
+    import threading
+
+    with ConnectionPool(
+        dsn, min_size=1, max_size=1, close_returns=True, driver=driver, timeout=5
+    ) as pool:
+        pool.wait(5)
+        other: list[Any] = []
+        with pool.connection() as conn:
+            conn.close()  # back to the pool, still open
+            assert not conn.closed
+            t = threading.Thread(target=lambda: other.append(pool.getconn()))
+            t.start()
+            t.join(5)
+            (taken,) = other
+            assert taken is conn
+            taken.cursor().execute("CREATE TEMP TABLE t_review (x int)")  # in a transaction
+        # The block ended quietly and left the other borrower's transaction open.
+        assert pool.get_stats()["connections_in_use"] == 1
+        taken.rollback()
+        cur = taken.cursor()
+        cur.execute("SELECT to_regclass('pg_temp.t_review')")
+        row = cur.fetchone()
+        assert row is not None and row[0] is None  # rolled back: never committed
+        taken.rollback()
+        done = threading.Thread(target=pool.putconn, args=(taken,))
+        done.start()
+        done.join(5)
+        _settle(pool, pg_server, app_name)

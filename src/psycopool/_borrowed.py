@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 class Borrowed(Generic[CT]):
     """The context manager returned by :meth:`ConnectionPool.connection`."""
 
-    __slots__ = ("_conn", "_pool", "_timeout")
+    __slots__ = ("_conn", "_loan", "_pool", "_timeout")
 
     def __init__(self, pool: LendingPool[CT], timeout: float | None) -> None:
         self._pool = pool
@@ -24,7 +24,10 @@ class Borrowed(Generic[CT]):
         self._conn: Any = None
 
     def __enter__(self) -> CT:
-        self._conn = conn = self._pool.getconn(self._timeout)
+        pool = self._pool
+        self._conn = conn = pool.getconn(self._timeout)
+        if pool.close_returns:
+            self._loan = _loan_of(pool, conn)
         return conn
 
     def __exit__(
@@ -36,6 +39,10 @@ class Borrowed(Generic[CT]):
         conn = self._conn
         self._conn = None
         pool = self._pool
+        if pool.close_returns and _loan_of(pool, conn) != self._loan and not pool._closed:
+            # conn.close() in the block gave it back already (it may be lent again
+            # since): nothing left to end or return.
+            return
         driver = pool._driver
         try:
             if exc_type is None:
@@ -61,6 +68,14 @@ class Borrowed(Generic[CT]):
                         pool._leave_read_only_server(conn)
         finally:
             pool.putconn(conn)
+
+
+def _loan_of(pool: LendingPool[Any], conn: Any) -> tuple[int, float] | None:
+    """What tells this loan of ``conn`` from a later one (borrower, time lent); None: not lent."""
+    engine = pool._engine
+    with engine.lock:
+        entry = engine.in_use.get(id(conn))
+        return None if entry is None else (entry.owner, entry.borrowed_at)
 
 
 _returning_classes: dict[type[Any], type[Any]] = {}
