@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from psycopool import AsyncNullConnectionPool
+from psycopool import AsyncNullConnectionPool, PoolTimeout
 
 
 def test_default_max_size_is_accepted_and_lends(dsn: str) -> None:
@@ -44,5 +44,17 @@ def test_resize_keeps_min_size_zero(dsn: str) -> None:
                 await pool.resize(1)
             await pool.resize(0, 3)
             assert (pool.min_size, pool.max_size) == (0, 3)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_wait_names_a_connection_failure_as_pool_timeout(dsn: str) -> None:
+    async def configure(conn: object) -> None:
+        raise RuntimeError("configure failed on purpose")
+
+    async def main() -> None:
+        async with AsyncNullConnectionPool(dsn, configure=configure) as pool:
+            with pytest.raises(PoolTimeout, match="configure failed on purpose"):
+                await pool.wait(timeout=5)
 
     asyncio.run(asyncio.wait_for(main(), 30))

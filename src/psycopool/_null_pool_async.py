@@ -10,7 +10,7 @@ from psycopool._args import MAX_SIZE
 from psycopool._base import CT, positive
 from psycopool._drivers import hide_password
 from psycopool._engine import PooledConnection
-from psycopool._errors import PoolTimeout
+from psycopool._errors import PoolError, PoolTimeout
 from psycopool._pool_async import AsyncConnectionPool
 
 
@@ -125,7 +125,15 @@ class AsyncNullConnectionPool(AsyncConnectionPool[CT]):
         with engine.lock:
             engine.pending += 1
             epoch = engine.epoch
-        entry = await self._open_reserved(timeout, epoch)
+        try:
+            entry = await self._open_reserved(timeout, epoch)
+        except PoolError:
+            raise
+        except Exception as exc:  # the driver's or configure's error: named, as PoolTimeout
+            reason = hide_password(str(exc).strip()) or type(exc).__name__
+            raise self._err(
+                PoolTimeout, f"pool {self.name!r}: no connection could be opened: {reason}"
+            ) from exc
         with engine.lock:
             engine.pending -= 1
             engine.retire_locked(entry)
