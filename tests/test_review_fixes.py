@@ -193,3 +193,28 @@ def test_close_in_block_with_close_returns_touches_no_later_loan(
         done.start()
         done.join(5)
         _settle(pool, pg_server, app_name)
+
+
+def test_async_close_in_block_with_close_returns_touches_no_later_loan(
+    dsn: str, pg_server: PgServer, app_name: str
+) -> None:
+    """The same on AsyncConnectionPool: the block's end returned the connection a second
+    time, ending the loan of the task that had borrowed it since (then lent twice)."""
+    import asyncio
+
+    from psycopool import AsyncConnectionPool
+
+    async def main() -> None:
+        async with AsyncConnectionPool(
+            dsn, min_size=1, max_size=1, close_returns=True, timeout=5
+        ) as pool:
+            await pool.wait(5)
+            async with pool.connection() as conn:
+                await conn.close()  # back to the pool, still open
+                assert not conn.closed
+                taken = await pool.getconn()
+                assert taken is conn
+            assert pool.get_stats()["connections_in_use"] == 1  # still the second loan's
+            await pool.putconn(taken)
+
+    asyncio.run(main())

@@ -41,6 +41,8 @@ class AsyncLendingPool(BasePool[CT]):
     _loop: asyncio.AbstractEventLoop | None
     _reset_extra: Any
     _fast_lend = True
+    #: With ``close_returns=True``: ``await conn.close()`` returns a lent connection.
+    close_returns = False
 
     #: The driver's ``is_clean``, bound once by the pool: the return's hot path calls it.
     _is_clean: Any
@@ -399,7 +401,7 @@ class AsyncLendingPool(BasePool[CT]):
 class _AsyncBorrowed(Generic[CT]):
     """The async context manager returned by :meth:`AsyncConnectionPool.connection`."""
 
-    __slots__ = ("_conn", "_pool", "_timeout")
+    __slots__ = ("_conn", "_loan", "_pool", "_timeout")
 
     def __init__(self, pool: AsyncLendingPool[CT], timeout: float | None) -> None:
         self._pool = pool
@@ -407,7 +409,10 @@ class _AsyncBorrowed(Generic[CT]):
         self._conn: Any = None
 
     async def __aenter__(self) -> CT:
-        self._conn = conn = await self._pool.getconn(self._timeout)
+        pool = self._pool
+        self._conn = conn = await pool.getconn(self._timeout)
+        if pool.close_returns:
+            self._loan = _loan_of(pool, conn)
         return conn
 
     async def __aexit__(
@@ -419,6 +424,10 @@ class _AsyncBorrowed(Generic[CT]):
         conn = self._conn
         self._conn = None
         pool = self._pool
+        if pool.close_returns and _loan_of(pool, conn) != self._loan and not pool._closed:
+            # `await conn.close()` in the block gave it back already (it may be lent
+            # again since): nothing left to end or return.
+            return
         try:
             if conn.closed:
                 # Closed inside the block: the pool replaces it. Only a close by the
@@ -442,6 +451,14 @@ class _AsyncBorrowed(Generic[CT]):
                             await pool._leave_read_only_server(conn)
         finally:
             await pool.putconn(conn)
+
+
+def _loan_of(pool: AsyncLendingPool[Any], conn: Any) -> float | None:
+    """What tells this loan of ``conn`` from a later one (when lent); None: not lent."""
+    engine = pool._engine
+    with engine.lock:
+        entry = engine.in_use.get(id(conn))
+        return None if entry is None else entry.borrowed_at
 
 
 async def maybe_await(value: Any) -> Any:
