@@ -218,3 +218,24 @@ def test_async_close_in_block_with_close_returns_touches_no_later_loan(
             await pool.putconn(taken)
 
     asyncio.run(main())
+
+
+def test_connector_survives_a_base_exception_from_configure(
+    dsn: str, pg_server: PgServer, app_name: str
+) -> None:
+    """A BaseException from configure ended the connector thread without giving back its
+    place: with num_workers=1 no connection was ever opened again (every borrow timed out)."""
+    calls = []
+
+    def configure(conn: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise Interrupt
+
+    with ConnectionPool(
+        dsn, min_size=0, max_size=1, num_workers=1, configure=configure, timeout=5
+    ) as pool:
+        with pool.connection(timeout=5):
+            pass
+        assert len(calls) == 2
+        _settle(pool, pg_server, app_name)

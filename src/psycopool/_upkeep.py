@@ -154,7 +154,9 @@ class Upkeep:
                 engine.pending += 1
             try:
                 entry = engine.open_connection()
-            except Exception as exc:
+            except BaseException as exc:
+                # Even a BaseException (from configure, a connection class...) is a failed
+                # attempt: a connector thread ending here would keep its place for ever.
                 delay = self._failed(exc)
                 if self._pause(delay):
                     with engine.lock:
@@ -201,7 +203,7 @@ class Upkeep:
             if self._stop.wait(min(deadline - now, BACKOFF_WAITING_MAX)):
                 return True
 
-    def _failed(self, exc: Exception) -> float:
+    def _failed(self, exc: BaseException) -> float:
         """Record a failed attempt; return how long to wait before the next."""
         engine = self._engine
         with engine.lock:
