@@ -228,7 +228,10 @@ def write_plot(path: Path, tables: Sequence[Table]) -> None:
     panels: list[tuple[Table, bool]] = [(t, False) for t in shown]
     panels += [(t, True) for t in shown if any(t.distributions.values())]
     n = max(1, len(panels))
-    fig, axes = plt.subplots(n, 1, figsize=(10, 2.2 + 0.32 * len(all_peers()) * n), squeeze=False)
+    # Each panel as tall as its longest table (the pools that ran), not the whole registry:
+    # the figure's area is what drawing costs.
+    rows = max((len(t.rows) for t in shown), default=1)
+    fig, axes = plt.subplots(n, 1, figsize=(10, 2.2 + 0.32 * rows * n), squeeze=False)
     for ax, (table, distribution) in zip(axes[:, 0], panels, strict=True):
         if distribution:
             _plot_distribution(ax, table)
