@@ -104,24 +104,37 @@ class Waiter:
     queue in the same FIFO and get connections through one code path.
     """
 
-    __slots__ = ("entry", "error", "event", "since")
+    __slots__ = ("_gate", "entry", "error", "signalled", "since")
 
     def __init__(self) -> None:
         self.entry: PooledConnection | None = None
         self.error: BaseException | None = None
-        self.event = threading.Event()
+        # A bare lock, held until the waiter is signalled: releasing it is one C
+        # call, which an interrupt can't cut in half (threading.Event.set() runs
+        # Python code, and an interrupted one left its waiter asleep until timeout).
+        self._gate = threading.Lock()
+        self._gate.acquire()
+        self.signalled = False
         #: When it started waiting (real time: waits are never on a fake clock).
         self.since = time.monotonic()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until signalled or ``timeout`` seconds; True if signalled. No lock held."""
+        return self._gate.acquire(True, timeout)
 
     def hand(self, entry: PooledConnection) -> bool:
         """Give ``entry`` to this waiter; False if it has stopped waiting. Lock held."""
         self.entry = entry
-        self.event.set()
+        if not self.signalled:
+            self.signalled = True
+            self._gate.release()
         return True
 
     def wake(self) -> None:
         """Wake the waiter with no connection (the pool closed). Lock held."""
-        self.event.set()
+        if not self.signalled:
+            self.signalled = True
+            self._gate.release()
 
 
 class FutureWaiter(Waiter):
@@ -216,7 +229,7 @@ class Engine:
 
     # -- opening -------------------------------------------------------------
 
-    def open_connection(self) -> PooledConnection:
+    def open_connection(self, reserved: list[bool] | None = None) -> PooledConnection:
         """Connect (no lock held) for a slot already reserved by ``pending += 1``.
 
         On failure the reservation is given back and the error raised. On
@@ -225,17 +238,27 @@ class Engine:
         ``retire_locked`` then ``close``). The three steps (reserve, connect,
         register or fail) are separate so that the async pool can await its
         connect between them: see :meth:`register` and :meth:`connect_failed`.
+
+        ``reserved``, a one-item list the caller set to ``[True]`` with its
+        ``pending += 1``, is set to False when a failure gives the slot back:
+        a caller interrupted anywhere in between knows whether to give it back.
         """
         start = self.clock()
         epoch = self.epoch
         try:
             conn = self._connect()
         except BaseException:
-            self.connect_failed()
+            self.connect_failed(reserved)
             raise
-        return self.register(conn, start, epoch)
+        return self.register(conn, start, epoch, reserved)
 
-    def register(self, conn: Any, start: float, epoch: int | None = None) -> PooledConnection:
+    def register(
+        self,
+        conn: Any,
+        start: float,
+        epoch: int | None = None,
+        reserved: list[bool] | None = None,
+    ) -> PooledConnection:
         """Record a connection just opened for a reserved slot (started at ``start``).
 
         ``epoch`` is :attr:`epoch` read before connecting (a drain() meanwhile
@@ -256,7 +279,7 @@ class Engine:
                 entry.ref = weakref.ref(conn, partial(_on_dropped, self.dropped, entry))
         except BaseException:
             self.driver.close(conn)
-            self.connect_failed()
+            self.connect_failed(reserved)
             raise
         seconds = entry.created_at - start
         with self.lock:
@@ -270,10 +293,12 @@ class Engine:
         )
         return entry
 
-    def connect_failed(self) -> None:
+    def connect_failed(self, reserved: list[bool] | None = None) -> None:
         """A connection attempt for a reserved slot failed: give the slot back. No lock held."""
         with self.lock:
             self.pending -= 1
+            if reserved is not None:
+                reserved[0] = False
             self.connections_num += 1
             self.connections_errors += 1
 
@@ -311,17 +336,23 @@ class Engine:
     def hand_locked(self, entry: PooledConnection, now: float) -> bool:
         """Hand a clean connection to the oldest waiter still waiting; False if none. Lock held."""
         waiters = self.waiters
+        in_use = self.in_use
         while waiters:
             # A thread waiter that times out removes itself under the lock, so the
             # handoff can't be lost; a task that stopped waiting is skipped.
-            waiter = waiters.popleft()
+            waiter = waiters[0]
+            ident = id(entry.conn)
+            # Counted in use before the waiter has it, with stores only: an
+            # interrupt landing in hand() leaves the books right.
+            entry.borrowed_at = now
+            entry.owner = 0  # in transit: the waiter makes itself the owner
+            in_use[ident] = entry
+            del waiters[0]
             if waiter.hand(entry):
-                self.in_use[id(entry.conn)] = entry
-                entry.owner = 0  # in transit: the waiter makes itself the owner
-                entry.borrowed_at = now
                 if self.wait_times is not None:
                     self.wait_times.append(time.monotonic() - waiter.since)
                 return True
+            del in_use[ident]
         return False
 
     def retire_locked(self, *entries: PooledConnection, reason: str | None = None) -> None:
@@ -363,17 +394,31 @@ class Engine:
                     "" if count == 1 else "s",
                     why,
                 )
-        for entry in entries:
-            conn = entry.conn if entry.ref is None else entry.ref()
-            if conn is None:
-                continue  # garbage-collected: the driver closed it
-            if not self.driver.is_closed(conn):
-                # Unwatch while the socket is still ours: once closed, its number
-                # may already belong to a newer connection.
-                self.watcher.remove(entry.fd)
-            self.driver.close(conn)
-        with self.lock:
-            self.closing -= len(entries)
+        done = 0
+        try:
+            for entry in entries:
+                self._close_entry(entry)
+                done += 1
+        finally:
+            # Interrupted (KeyboardInterrupt...): close the rest all the same, then
+            # free every slot, or they would stay counted as closing for ever.
+            for entry in entries[done:]:
+                try:
+                    self._close_entry(entry)
+                except Exception:
+                    pass
+            with self.lock:
+                self.closing -= len(entries)
+
+    def _close_entry(self, entry: PooledConnection) -> None:
+        conn = entry.conn if entry.ref is None else entry.ref()
+        if conn is None:
+            return  # garbage-collected: the driver closed it
+        if not self.driver.is_closed(conn):
+            # Unwatch while the socket is still ours: once closed, its number
+            # may already belong to a newer connection.
+            self.watcher.remove(entry.fd)
+        self.driver.close(conn)
 
     def close_one(self, entry: PooledConnection, reason: str | None = None) -> None:
         """Close one retired connection, then free its slot. No lock held."""
@@ -383,15 +428,21 @@ class Engine:
         """Free the slots of lent connections that their borrower dropped. Lock held."""
         reclaimed = 0
         in_use = self.in_use
-        while self.dropped:
-            entry = self.dropped.popleft()
-            for ident, held in list(in_use.items()):
+        dropped = self.dropped
+        while dropped:
+            entry = dropped[0]
+            found = None
+            for ident, held in in_use.items():
                 if held is entry:
-                    del in_use[ident]
-                    reclaimed += 1
-                    if self.use_times is not None:  # held until the pool noticed
-                        self.use_times.append(self.clock() - entry.borrowed_at)
+                    found = ident
                     break
+            # Stores only from here (interrupt safety): dequeued and freed together.
+            del dropped[0]
+            if found is not None:
+                del in_use[found]
+                reclaimed += 1
+                if self.use_times is not None:  # held until the pool noticed
+                    self.use_times.append(self.clock() - entry.borrowed_at)
         return reclaimed
 
     def lent(self) -> list[Loan]:
@@ -403,46 +454,70 @@ class Engine:
     # -- idle expiry ---------------------------------------------------------
 
     def pop_expired_idle_locked(
-        self, max_idle: float, floor: int, now: float
+        self,
+        max_idle: float,
+        floor: int,
+        now: float,
+        into: list[PooledConnection] | None = None,
     ) -> list[PooledConnection]:
         """Remove connections idle over ``max_idle`` seconds while more than ``floor`` exist.
 
         The idle stack is LIFO, so the longest-idle connections sit at its
         bottom: only they are looked at. Lock held; close the result without it.
+        Each one is retired and appended to ``into`` (a list the caller closes
+        in a ``finally``) with no call in between, so an interrupt can't strand one.
         """
-        expired: list[PooledConnection] = []
+        expired: list[PooledConnection] = [] if into is None else into
         idle = self.idle
         staying = self.size - self.closing  # those being closed don't count towards the floor
         while idle and staying > floor and now - idle[0].idle_since > max_idle:
-            expired.append(idle.popleft())
+            entry = idle[0]
+            entry.close_reason = "idle"
+            del idle[0]
+            self.closing += 1
+            expired.append(entry)
             staying -= 1
-        self.retire_locked(*expired, reason="idle")
         return expired
 
-    def pop_dead_idle_locked(self) -> list[PooledConnection]:
-        """Remove idle connections whose socket shows they are dead. Lock held."""
+    def pop_dead_idle_locked(
+        self, into: list[PooledConnection] | None = None
+    ) -> list[PooledConnection]:
+        """Remove idle connections whose socket shows they are dead. Lock held.
+
+        Each is retired and appended to ``into`` together (see pop_expired_idle_locked).
+        """
         driver, watcher = self.driver, self.watcher
-        dead = [e for e in self.idle if not is_alive(driver, e.conn, e.fd, watcher)]
-        for entry in dead:
-            self.idle.remove(entry)
-        self.connections_lost += len(dead)
-        self.retire_locked(*dead, reason="dead")
+        dead: list[PooledConnection] = [] if into is None else into
+        idle = self.idle
+        for entry in [e for e in idle if not is_alive(driver, e.conn, e.fd, watcher)]:
+            index = idle.index(entry)
+            entry.close_reason = "dead"
+            del idle[index]
+            self.connections_lost += 1
+            self.closing += 1
+            dead.append(entry)
         return dead
 
     # -- closing -------------------------------------------------------------
 
-    def close_all_locked(self) -> list[PooledConnection]:
+    def close_all_locked(
+        self, into: list[PooledConnection] | None = None
+    ) -> list[PooledConnection]:
         """Mark the engine closed and take every connection it counts. Lock held.
 
         Connections still being opened are closed by their opener when it sees
-        ``closed``. Waiters are woken with no connection.
+        ``closed``. Waiters are woken with no connection. The connections are
+        appended to ``into`` (which the caller closes in a ``finally``) first.
         """
         self.closed = True
-        entries = list(self.idle)
+        entries: list[PooledConnection] = [] if into is None else into
+        entries.extend(self.idle)
         entries.extend(self.in_use.values())
+        for entry in entries:
+            entry.close_reason = "pool closed"
         self.idle.clear()
         self.in_use.clear()
-        self.retire_locked(*entries, reason="pool closed")
+        self.closing += len(entries)
         while self.waiters:
             self.waiters.popleft().wake()
         return entries

@@ -71,90 +71,121 @@ class LendingPool(BasePool[CT]):
         engine = self._engine
         lock = engine.lock
         entry = None
-        lock.acquire()
+        # Interrupt safety (KeyboardInterrupt, any asynchronous exception): the books
+        # change with plain stores, no call in between; until the connection is
+        # handed out (``entry.conn`` cleared), the handler gives it back.
         try:
-            if self._usable:
-                self._requests_num += 1
-                idle = engine.idle
-                if idle:
-                    entry = idle.pop()
-                    engine.in_use[id(entry.conn)] = entry
-                    entry.owner = me
-        finally:
-            lock.release()
-        if entry is not None:
-            conn = entry.conn
-            now = engine.clock()
-            # Both drivers' connections have `closed`: true once closed or broken.
-            if (
-                self._liveness_only
-                and now < entry.expires_at
-                and now - entry.idle_since < RECENTLY_USED
-                and not conn.closed
-            ):
-                # The hot path: _lend() inlined.
-                entry.conn = None
-                entry.borrowed_at = now
-                if self._lend_extras:
-                    self._mark_lent(entry, conn, 1)
-                return conn  # type: ignore[no-any-return]
-        return self._getconn_slow(timeout, me, entry)
+            with lock:
+                if self._usable:
+                    self._requests_num += 1
+                    idle = engine.idle
+                    if idle:
+                        taken = idle[-1]
+                        ident = id(taken.conn)
+                        del idle[-1]
+                        taken.owner = me
+                        engine.in_use[ident] = taken
+                        entry = taken
+            if entry is not None:
+                conn = entry.conn
+                now = engine.clock()
+                # Both drivers' connections have `closed`: true once closed or broken.
+                if (
+                    self._liveness_only
+                    and now < entry.expires_at
+                    and now - entry.idle_since < RECENTLY_USED
+                    and not conn.closed
+                ):
+                    # The hot path: _lend() inlined.
+                    entry.conn = None
+                    entry.borrowed_at = now
+                    if self._lend_extras:
+                        self._mark_lent(entry, conn, 1)
+                    return conn  # type: ignore[no-any-return]
+            return self._getconn_slow(timeout, me, entry)
+        except BaseException:
+            self._unwind(entry, None, me)  # the slow path's own handler ran first
+            raise
 
     def _getconn_slow(self, timeout: float | None, me: int, entry: PooledConnection | None) -> CT:
         """Check ``entry`` (popped by getconn, or None), then wait and retry until the deadline."""
-        if timeout is None:
-            timeout = self.timeout
-        if not self._usable and self._lazy:
-            self._open_lazily()
+        waiter: Waiter | None = None
+        try:
+            if timeout is None:
+                timeout = self.timeout
+            if not self._usable and self._lazy:
+                self._open_lazily()
+            engine = self._engine
+            lock = engine.lock
+            deadline = 0.0
+            while True:
+                if entry is not None:
+                    # Popped from the idle stack, or handed over by a return or a connector.
+                    conn = entry.conn
+                    expired = self.clock() >= entry.expires_at
+                    if not expired:
+                        if not deadline:
+                            deadline = time.monotonic() + timeout
+                        if self._passes_check(entry, deadline):
+                            return self._lend(entry)  # type: ignore[no-any-return]
+                    self._drop(entry, conn, lost=not expired)
+                    entry = None
+                waiter = None
+                with lock:
+                    if not self._usable:
+                        raise self._closed_error()
+                    idle = engine.idle
+                    if idle:
+                        taken = idle[-1]
+                        ident = id(taken.conn)
+                        del idle[-1]
+                        taken.owner = me
+                        engine.in_use[ident] = taken
+                        entry = taken
+                    else:
+                        if engine.dropped:
+                            engine.reclaim_dropped_locked()
+                        if self.max_waiting and len(engine.waiters) >= self.max_waiting:
+                            self._requests_errors += 1
+                            waiting = len(engine.waiters)
+                            raise self._err(
+                                TooManyRequests,
+                                f"pool {self.name!r} already has {waiting} requests waiting",
+                            )
+                        queued = Waiter()
+                        waiter = queued
+                        engine.waiters.append(queued)
+                        self._requests_queued += 1
+                if not deadline:
+                    deadline = time.monotonic() + timeout
+                if waiter is not None:
+                    entry = self._wait(waiter, deadline, timeout, me)
+                    waiter = None
+        except BaseException:
+            self._unwind(entry, waiter, me)
+            raise
+
+    def _unwind(self, entry: PooledConnection | None, waiter: Waiter | None, me: int) -> None:
+        """An interrupted or failed borrow: leave the queue, give back what is not lent yet."""
         engine = self._engine
-        lock = engine.lock
-        deadline = 0.0
-        while True:
-            if entry is not None:
-                # Popped from the idle stack, or handed over by a return or a connector.
-                conn = entry.conn
-                expired = self.clock() >= entry.expires_at
-                if not expired:
-                    if not deadline:
-                        deadline = time.monotonic() + timeout
-                    try:
-                        passed = self._passes_check(entry, deadline)
-                    except BaseException:
-                        self.putconn(conn)  # interrupted: the connection goes back
-                        raise
-                    if passed:
-                        return self._lend(entry)  # type: ignore[no-any-return]
-                self._drop(entry, conn, lost=not expired)
-                entry = None
-            waiter: Waiter | None = None
-            lock.acquire()
-            try:
-                if not self._usable:
-                    raise self._closed_error()
-                idle = engine.idle
-                if idle:
-                    entry = idle.pop()
-                    engine.in_use[id(entry.conn)] = entry
-                    entry.owner = me
-                else:
-                    if engine.dropped:
-                        engine.reclaim_dropped_locked()
-                    if self.max_waiting and len(engine.waiters) >= self.max_waiting:
-                        self._requests_errors += 1
-                        waiting = len(engine.waiters)
-                        raise self._err(
-                            TooManyRequests,
-                            f"pool {self.name!r} already has {waiting} requests waiting",
-                        )
-                    waiter = Waiter()
-                    engine.waiters.append(waiter)
-                    self._requests_queued += 1
-            finally:
-                lock.release()
-            if not deadline:
-                deadline = time.monotonic() + timeout
-            if waiter is not None:
-                entry = self._wait(waiter, deadline, timeout, me)
+        with engine.lock:
+            if waiter is not None and entry is None:
+                handed = waiter.entry
+                if handed is None:
+                    if waiter in engine.waiters:
+                        engine.waiters.remove(waiter)
+                elif handed.owner == 0 and handed.conn is not None:
+                    handed.owner = me  # in transit to this waiter: it is ours to give back
+                    entry = handed
+            conn = None if entry is None else entry.conn
+            ours = (
+                entry is not None
+                and conn is not None
+                and entry.owner == me
+                and engine.in_use.get(id(conn)) is entry
+            )
+        if ours:
+            self.putconn(conn)  # type: ignore[arg-type]
 
     def _lend(self, entry: PooledConnection) -> Any:
         """Hand the connection out: from now on only the borrower keeps it alive."""
@@ -212,14 +243,22 @@ class LendingPool(BasePool[CT]):
         engine = self._engine
         # A check of the socket or a ping that fails means the session ended.
         reason = ("failed check" if callable(self.check_policy) else "dead") if lost else "expired"
-        with engine.lock:
-            engine.in_use.pop(id(conn), None)
-            engine.retire_locked(entry, reason=reason)
-            if lost:
-                engine.connections_lost += 1
-            else:
-                self._settings.counters["connections_recycled"] += 1
-        engine.close_one(entry)
+        retired = False
+        try:
+            with engine.lock:
+                ident = id(conn)
+                if engine.in_use.get(ident) is entry:
+                    entry.close_reason = reason
+                    del engine.in_use[ident]
+                    engine.closing += 1
+                    retired = True
+                    if lost:
+                        engine.connections_lost += 1
+                    else:
+                        self._settings.counters["connections_recycled"] += 1
+        finally:
+            if retired:
+                engine.close_one(entry)
         self._upkeep.request_connections()
 
     def _wait(self, waiter: Waiter, deadline: float, timeout: float, me: int) -> PooledConnection:
@@ -227,20 +266,9 @@ class LendingPool(BasePool[CT]):
         self._upkeep.request_connections()
         engine = self._engine
         started = time.monotonic()
-        try:
-            waiter.event.wait(max(0.0, deadline - started))
-        except BaseException:
-            # Interrupted (KeyboardInterrupt...): leave the queue, and give back a
-            # connection handed over meanwhile, or it would be lost to the pool.
-            with engine.lock:
-                handed = waiter.entry
-                if handed is None and waiter in engine.waiters:
-                    engine.waiters.remove(waiter)
-                elif handed is not None:
-                    handed.owner = me
-            if handed is not None:
-                self.putconn(handed.conn)
-            raise
+        # Interrupted (KeyboardInterrupt...): the borrow's handler (_unwind) leaves
+        # the queue and gives back a connection handed over meanwhile.
+        waiter.wait(max(0.0, deadline - started))
         waited = time.monotonic() - started
         with engine.lock:
             self._requests_wait_ms += int(waited * 1000)
@@ -282,14 +310,11 @@ class LendingPool(BasePool[CT]):
         me = _get_ident()
         engine = self._engine
         driver = self._driver
-        lock = engine.lock
-        lock.acquire()
-        try:
-            entry = engine.in_use.pop(id(conn), None)
+        with engine.lock:
+            ident = id(conn)
+            entry = engine.in_use.get(ident)
             if entry is None or (entry.owner != me and stale_return(entry, me)):
-                if entry is not None:
-                    engine.in_use[id(conn)] = entry  # lent to someone else: untouched
-                elif self._closed:
+                if entry is None and self._closed:
                     # Lent before close(timeout) gave up waiting for it: close() has
                     # closed it already; returning it is still fine.
                     if self.close_returns:
@@ -297,18 +322,15 @@ class LendingPool(BasePool[CT]):
                     driver.close(conn)
                     return
                 raise self._not_lent_error(conn)
-            entry.returner = me
             c: Any = conn
-            entry.conn = c
             if self.close_returns:
-                conn._pool = None  # type: ignore[attr-defined]
+                c._pool = None
             now = engine.clock()
             held = now - entry.borrowed_at
-            self._usage += held
             use_times = engine.use_times
             if use_times is not None:  # an exporter is attached (see _timings.py)
                 use_times.append(held)
-            if (
+            fast = (
                 self._fast_return
                 and self._usable
                 and not self._shrinking
@@ -320,7 +342,13 @@ class LendingPool(BasePool[CT]):
                     if self._psycopg2
                     else driver.is_clean(conn, entry.state)
                 )
-            ):
+            )
+            # Decided: now the books change with stores only (interrupt safety).
+            entry.returner = me
+            self._usage += held
+            entry.conn = c
+            del engine.in_use[ident]
+            if fast:
                 # The usual case, decided under one lock with no I/O:
                 # Engine.give_back_locked(), its common branch inlined.
                 if engine.waiters:
@@ -330,17 +358,31 @@ class LendingPool(BasePool[CT]):
                     engine.idle.append(entry)
                 return
             engine.pending += 1
-        finally:
-            lock.release()
-        self._return_slow(entry, conn)
+            reserved = [True]
+        try:
+            self._return_slow(entry, conn, reserved)
+        except BaseException:
+            if reserved[0]:  # interrupted before _return_slow took the slot over
+                with engine.lock:
+                    engine.pending -= 1
+                    engine.closing += 1
+                    entry.close_reason = "interrupted"
+                engine.close_one(entry)
+            raise
 
-    def _return_slow(self, entry: PooledConnection, conn: Any) -> None:
-        """Clean a returned connection outside the lock, then keep it or close it."""
+    def _return_slow(self, entry: PooledConnection, conn: Any, reserved: list[bool]) -> None:
+        """Clean a returned connection outside the lock, then keep it or close it.
+
+        The connection is counted pending; that slot is released whatever
+        happens: interrupted while cleaning, the connection is closed.
+        """
         engine = self._engine
         driver = self._driver
-        broken = driver.is_closed(conn)
-        ok = not broken and not self._closed
+        interrupted = True
+        broken = ok = expired = False
         try:
+            broken = driver.is_closed(conn)
+            ok = not broken and not self._closed
             if ok:
                 if self.reset_policy is None:
                     ok = driver.transaction_status(conn) == IDLE or clean(
@@ -355,47 +397,52 @@ class LendingPool(BasePool[CT]):
                         session_sql=self._session_sql,
                         name=self.name,
                     )
-        except BaseException:
-            # Interrupted while cleaning (KeyboardInterrupt, a BaseException from the
-            # reset function): its state is unknown. Close it and free its slot.
+            expired = engine.clock() >= entry.expires_at
+            interrupted = False
+        finally:
             with engine.lock:
-                engine.pending -= 1
-                engine.retire_locked(entry, reason="interrupted")
-            engine.close_one(entry)
-            if not self._closed:
-                self._upkeep.request_connections()
-            raise
-        expired = engine.clock() >= entry.expires_at
-        with engine.lock:
-            engine.pending -= 1
-            if broken:
-                self._returns_bad += 1
-            drained = entry.epoch != engine.epoch
-            keep = (
-                ok
-                and not expired
-                and not drained
-                and not self._closed
-                and engine.size < engine.max_size
-                and (self._keeps_idle or bool(engine.waiters))
-            )
-            if self._shrinking:
-                self._shrinking = engine.size > engine.max_size
-            if keep:
-                engine.give_back_locked(entry, engine.clock())
-            else:
-                engine.retire_locked(
-                    entry, reason=self._return_reason(broken, ok, drained, expired)
+                now = engine.clock()
+                size = engine.size  # the same after this return: pending -1, idle or closing +1
+                drained = entry.epoch != engine.epoch
+                keep = (
+                    ok
+                    and not interrupted
+                    and not expired
+                    and not drained
+                    and not self._closed
+                    and size <= engine.max_size
+                    and (self._keeps_idle or len(engine.waiters) > 0)
                 )
-            if not keep and ok:
-                if drained:
-                    self._settings.counters["connections_drained"] += 1
-                elif expired:
-                    self._settings.counters["connections_recycled"] += 1
-        if not keep:
-            engine.close_one(entry)
-            if not self._closed:
-                self._upkeep.request_connections()
+                reason = None
+                if not keep:
+                    reason = (
+                        "interrupted"
+                        if interrupted
+                        else self._return_reason(broken, ok, drained, expired)
+                    )
+                    if ok and not interrupted and (drained or expired):
+                        key = "connections_drained" if drained else "connections_recycled"
+                        self._settings.counters[key] += 1
+                if broken:
+                    self._returns_bad += 1
+                if self._shrinking:
+                    self._shrinking = size > engine.max_size
+                hand = keep and len(engine.waiters) > 0
+                # Decided: the books change with stores only (interrupt safety).
+                engine.pending -= 1
+                reserved[0] = False
+                if not keep:
+                    entry.close_reason = reason
+                    engine.closing += 1
+                elif hand:
+                    engine.give_back_locked(entry, now)
+                else:
+                    entry.idle_since = now
+                    engine.idle.append(entry)
+            if not keep:
+                engine.close_one(entry)
+                if not self._closed:
+                    self._upkeep.request_connections()
 
     def _return_reason(self, broken: bool, ok: bool, drained: bool, expired: bool) -> str:
         """Why a returned connection is closed instead of kept, for the log."""

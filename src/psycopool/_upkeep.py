@@ -128,19 +128,27 @@ class Upkeep:
             if start <= 0:
                 return
             self._connecting += start
-        for _ in range(start):
-            thread = threading.Thread(
-                target=self._connector,
-                name=f"psycopool-{self._settings.name}-connect",
-                daemon=True,
-            )
-            try:
-                thread.start()
-            except RuntimeError:  # interpreter shutting down: no new threads
+        done = 0  # threads started or given up: the rest are still counted in _connecting
+        try:
+            for _ in range(start):
+                thread = threading.Thread(
+                    target=self._connector,
+                    name=f"psycopool-{self._settings.name}-connect",
+                    daemon=True,
+                )
+                try:
+                    thread.start()
+                except RuntimeError:  # interpreter shutting down: no new threads
+                    with engine.lock:
+                        self._connecting -= 1
+                    done += 1
+                    continue
+                done += 1
+                self._threads.add(thread)  # only started threads: stop() joins them
+        finally:
+            if done < start:  # interrupted (KeyboardInterrupt...): uncount the rest
                 with engine.lock:
-                    self._connecting -= 1
-                continue
-            self._threads.add(thread)  # only started threads: stop() joins them
+                    self._connecting -= start - done
 
     def _connector(self) -> None:
         engine = self._engine

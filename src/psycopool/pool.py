@@ -43,6 +43,9 @@ __all__ = [
 
 logger = logging.getLogger("psycopool")
 _get_ident = threading.get_ident
+
+# What a return does with the connection (_putconn).
+_NOTHING, _KEEP, _CLOSE, _CLEAN = range(4)
 _driver = Psycopg2Driver()
 _names = itertools.count(1)
 
@@ -153,48 +156,56 @@ class AbstractConnectionPool:
 
     # -- getconn -------------------------------------------------------------
 
+    # Interrupt safety: a KeyboardInterrupt (or any asynchronous exception) is
+    # raised at the next call or loop boundary of Python code. So each change
+    # of the books below is made of plain stores with no call in between (a
+    # call that mutates, like append, comes last), every slot reserved for I/O
+    # (pending: connecting or cleaning; closing) is released in a handler, and
+    # the lock is only ever taken with ``with``.
+
     def _getconn(self, key: Any = None) -> Any:
         me = _get_ident()
         engine = self._engine
         lock = engine.lock
         used = self._used
         while True:
-            expired: list[PooledConnection] | None = None
-            # acquire/release rather than `with`: measurably cheaper on the hot path.
-            lock.acquire()
+            expired: list[PooledConnection] = []
+            entry: PooledConnection | None = None
             try:
-                if self.closed:
-                    raise PoolError("connection pool is closed")
-                if key is None:
-                    self._keys += 1
-                    key = self._keys
-                    if key in used:
-                        key = self._getkey()
-                elif key in used:
-                    return used[key]
-                idle = engine.idle
-                if self.idle_timeout and idle:
-                    expired = engine.pop_expired_idle_locked(
-                        self.idle_timeout, self.minconn, engine.clock()
-                    )
-                if idle:
-                    # Hot path: the warmest idle connection, counted in use.
-                    entry = idle.pop()
-                    conn = entry.conn
-                    engine.in_use[id(conn)] = entry
-                    entry.key = key
-                    entry.owner = me
-                    used[key] = conn
-                elif engine.size >= self.maxconn:
-                    engine.timeouts += 1
-                    raise PoolError("connection pool exhausted")
-                else:
-                    engine.pending += 1
-                    entry = None
+                with lock:
+                    if self.closed:
+                        raise PoolError("connection pool is closed")
+                    if key is None:
+                        self._keys += 1
+                        key = self._keys
+                        if key in used:
+                            key = self._getkey()
+                    elif key in used:
+                        return used[key]
+                    idle = engine.idle
+                    if self.idle_timeout and idle:
+                        engine.pop_expired_idle_locked(
+                            self.idle_timeout, self.minconn, engine.clock(), expired
+                        )
+                    if idle:
+                        # Hot path: the warmest idle connection, counted in use (under
+                        # ``key``, which finds it again whatever interrupts the caller).
+                        entry = idle[-1]
+                        conn = entry.conn
+                        ident = id(conn)
+                        del idle[-1]
+                        engine.in_use[ident] = entry
+                        entry.key = key
+                        entry.owner = me
+                        used[key] = conn
+                    elif engine.size >= self.maxconn:
+                        engine.timeouts += 1
+                        raise PoolError("connection pool exhausted")
+                    else:
+                        engine.pending += 1
             finally:
-                lock.release()
-            if expired:
-                engine.close(expired, "idle")
+                if expired:
+                    engine.close(expired, "idle")
             if entry is None:
                 return self._lend_new(key)
             # Engine.is_alive(), with its recently-used shortcut inlined.
@@ -209,34 +220,67 @@ class AbstractConnectionPool:
     def _drop_dead(self, entry: PooledConnection) -> None:
         """Forget a dead connection popped from the idle stack, then close it."""
         engine = self._engine
-        with engine.lock:
-            engine.in_use.pop(id(entry.conn), None)
-            if self._used.get(entry.key) is entry.conn:
-                del self._used[entry.key]
-            engine.connections_lost += 1
-            engine.retire_locked(entry)
-        engine.close_one(entry, "dead")
+        retired = False
+        try:
+            with engine.lock:
+                ident = id(entry.conn)
+                if engine.in_use.get(ident) is entry:
+                    if self._used.get(entry.key) is entry.conn:
+                        del self._used[entry.key]
+                    del engine.in_use[ident]
+                    engine.connections_lost += 1
+                    engine.closing += 1
+                    retired = True
+        finally:
+            if retired:
+                engine.close_one(entry, "dead")
 
     def _lend_new(self, key: Any) -> Any:
         """Connect for a slot already reserved, outside the lock, and lend it under ``key``."""
         engine = self._engine
-        entry = engine.open_connection()
-        with engine.lock:
-            engine.pending -= 1
-            if not self.closed:
-                existing = self._used.get(key)
-                if existing is None:
-                    engine.lend_new_locked(entry)
-                    entry.key = key
-                    entry.owner = _get_ident()
-                    self._used[key] = entry.conn
-                    return entry.conn
-                # Another thread got a connection under the same key meanwhile.
-                engine.give_back_locked(entry, engine.clock())
-                return existing
-            engine.retire_locked(entry)
-        engine.close_one(entry)
+        me = _get_ident()
+        reserved = [True]
+        retired = False
+        try:
+            entry = engine.open_connection(reserved)
+            with engine.lock:
+                engine.pending -= 1
+                reserved[0] = False
+                if not self.closed:
+                    existing = self._used.get(key)
+                    if existing is None:
+                        conn = entry.conn
+                        ident = id(conn)
+                        entry.borrowed_at = engine.clock()
+                        entry.key = key
+                        entry.owner = me
+                        engine.in_use[ident] = entry
+                        self._used[key] = conn
+                        return conn
+                    # Another thread got a connection under the same key meanwhile.
+                    entry.idle_since = engine.clock()
+                    engine.idle.append(entry)
+                    return existing
+                engine.closing += 1
+                retired = True
+        except BaseException:
+            if reserved[0]:  # interrupted before the slot was given back or used
+                self._release_reservation()
+            if not retired:
+                raise
+        finally:
+            if retired:
+                engine.close_one(entry)
         raise PoolError("connection pool is closed")
+
+    def _release_reservation(self) -> None:
+        """Give back a slot reserved for a connection that an interrupt lost (``pending``).
+
+        The connection, if it was opened, is referenced by nothing any more: the
+        driver closes it when it is garbage-collected.
+        """
+        with self._engine.lock:
+            self._engine.pending -= 1
 
     # -- putconn -------------------------------------------------------------
 
@@ -244,77 +288,99 @@ class AbstractConnectionPool:
         me = _get_ident()
         engine = self._engine
         driver = engine.driver
-        to_close: PooledConnection | None = None
-        to_clean: PooledConnection | None = None
         lock = engine.lock
-        lock.acquire()
+        expired: list[PooledConnection] = []
+        entry: PooledConnection | None = None
+        # What this return does with the connection; set with the books' change.
+        action = _NOTHING
         try:
-            if self.closed:
-                raise PoolError("connection pool is closed")
-            entry = engine.in_use.pop(id(conn), None)
-            if entry is None:
-                raise PoolError("trying to put unkeyed connection")
-            if key is not None:
-                # A key matches the return to its loan exactly.
-                if key != entry.key or self._used.get(key) is not conn:
-                    engine.in_use[id(conn)] = entry  # still lent: nothing changed
-                    raise PoolError(
-                        f"trying to put a connection under key {key!r}, which is not the key it has"
-                    )
-            elif entry.owner != me and stale_return(entry, me):
-                # Returned already by this thread, and lent again since: a stale return.
-                engine.in_use[id(conn)] = entry  # lent to someone else: nothing changed
-                raise PoolError("trying to put unkeyed connection")
-            entry.returner = me
-            del self._used[entry.key]
-            now = engine.clock()
-            if engine.use_times is not None:
-                engine.use_times.append(now - entry.borrowed_at)
-            if close:
-                to_close = entry
-            elif (
-                # Psycopg2Driver.is_clean(), inlined: this front door is psycopg2's alone.
-                not conn.closed
-                and conn.get_transaction_status() == _IDLE
-                and (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
-                == entry.state
-            ):
-                # The usual case, decided under one lock with no I/O.
-                if self.idle_timeout != 0 or len(engine.idle) < self.minconn:
-                    if engine.waiters:
-                        engine.give_back_locked(entry, now)
-                    else:  # Engine.give_back_locked(), inlined for the common case
-                        entry.idle_since = now
-                        engine.idle.append(entry)
-                    if not self.idle_timeout:
-                        return
-                    expired = engine.pop_expired_idle_locked(self.idle_timeout, self.minconn, now)
+            with lock:
+                if self.closed:
+                    raise PoolError("connection pool is closed")
+                ident = id(conn)
+                entry = engine.in_use.get(ident)
+                if entry is None:
+                    raise PoolError("trying to put unkeyed connection")
+                if key is not None:
+                    # A key matches the return to its loan exactly.
+                    if key != entry.key or self._used.get(key) is not conn:
+                        raise PoolError(
+                            f"trying to put a connection under key {key!r}, which is not the"
+                            " key it has"
+                        )
+                elif entry.owner != me and stale_return(entry, me):
+                    # Returned already by this thread, and lent again since: a stale return.
+                    raise PoolError("trying to put unkeyed connection")
+                entry.returner = me
+                now = engine.clock()
+                if engine.use_times is not None:
+                    engine.use_times.append(now - entry.borrowed_at)
+                # Decide first (every call is here), then change the books with stores only.
+                if close:
+                    decided = _CLOSE
+                elif (
+                    # Psycopg2Driver.is_clean(), inlined: this front door is psycopg2's alone.
+                    not conn.closed
+                    and conn.get_transaction_status() == _IDLE
+                    and (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
+                    == entry.state
+                ):
+                    # The usual case, decided under one lock with no I/O.
+                    keep = self.idle_timeout != 0 or len(engine.idle) < self.minconn
+                    decided = _KEEP if keep else _CLOSE
+                elif driver.is_closed(conn):
+                    decided = _CLOSE
                 else:
-                    to_close = entry
-            elif driver.is_closed(conn):
-                to_close = entry
+                    decided = _CLEAN
+                del engine.in_use[ident]
+                del self._used[entry.key]
+                if decided == _KEEP:
+                    entry.idle_since = now
+                    engine.idle.append(entry)
+                    if self.idle_timeout:
+                        # Kept; expiry only closes connections above minconn.
+                        engine.pop_expired_idle_locked(
+                            self.idle_timeout, self.minconn, now, expired
+                        )
+                    return
+                if decided == _CLOSE:
+                    engine.closing += 1
+                else:
+                    engine.pending += 1
+                action = decided
+            if action == _CLEAN:
+                token = [_CLEAN]
+                action = _NOTHING
+                try:
+                    if self._clean_and_keep(entry, token):
+                        return
+                finally:
+                    action = token[0]  # still _CLEAN only if interrupted before it took over
             else:
-                engine.pending += 1
-                to_clean = entry
-            if to_close is not None:
-                engine.retire_locked(to_close)
+                action = _NOTHING
+                engine.close_one(
+                    entry,
+                    "closed by the borrower"
+                    if close
+                    else ("broken" if driver.is_closed(conn) else "more than minconn idle"),
+                )
         finally:
-            lock.release()
-        if to_clean is not None:
-            self._clean_and_keep(to_clean)
-        elif to_close is not None:
-            engine.close_one(
-                to_close,
-                "closed by the borrower"
-                if close
-                else ("broken" if driver.is_closed(conn) else "more than minconn idle"),
-            )
-        else:
-            # Kept; expiry only closes connections above minconn: nothing to refill.
-            engine.close(expired, "idle")
-            return
+            if expired:
+                engine.close(expired, "idle")
+            if action != _NOTHING and entry is not None:
+                # Interrupted between the books' change and the clean-up: close it.
+                self._abandon(entry, action)
         if engine.size < self.minconn:
             self._refill()
+
+    def _abandon(self, entry: PooledConnection, action: int) -> None:
+        """An interrupted return: the connection counted pending or closing is closed."""
+        engine = self._engine
+        if action == _CLEAN:
+            with engine.lock:
+                engine.pending -= 1
+                engine.closing += 1
+        engine.close_one(entry, "interrupted")
 
     def _keeps_returned_locked(self) -> bool:
         """Should a clean returned connection stay idle? Lock held.
@@ -323,27 +389,37 @@ class AbstractConnectionPool:
         """
         return self.idle_timeout != 0 or len(self._engine.idle) < self.minconn
 
-    def _clean_and_keep(self, entry: PooledConnection) -> None:
-        """Roll back and restore a returned connection (counted pending), then keep or close it."""
+    def _clean_and_keep(self, entry: PooledConnection, token: list[int] | None = None) -> bool:
+        """Roll back and restore a returned connection (counted pending), then keep or close it.
+
+        The slot is released whatever happens, an interrupt included (the
+        connection is then closed: it may be half reset). True if kept.
+        ``token[0]`` is cleared when this takes the slot over from the caller.
+        """
         engine = self._engine
+        ok = False
+        retire = True
+        interrupted = True
         try:
             ok = clean(engine.driver, entry.conn, entry.state, name=self.name)
-        except BaseException:
-            # Interrupted (KeyboardInterrupt...): its state is unknown; close it, free its slot.
+            interrupted = False
+        finally:
             with engine.lock:
+                keep = ok and not self.closed and self._keeps_returned_locked()
+                now = engine.clock()
                 engine.pending -= 1
-                engine.retire_locked(entry)
-            engine.close_one(entry, "interrupted")
-            raise
-        with engine.lock:
-            engine.pending -= 1
-            keep = ok and not self.closed and self._keeps_returned_locked()
-            if keep:
-                engine.give_back_locked(entry, engine.clock())
-            else:
-                engine.retire_locked(entry)
-        if not keep:
-            engine.close_one(entry, "more than minconn idle" if ok else "failed reset")
+                if token is not None:
+                    token[0] = _NOTHING
+                if keep:
+                    entry.idle_since = now
+                    retire = False
+                    engine.idle.append(entry)
+                else:
+                    engine.closing += 1
+            if retire:
+                reason = "failed reset" if not ok else "more than minconn idle"
+                engine.close_one(entry, "interrupted" if interrupted else reason)
+        return not retire
 
     # -- upkeep without a thread ---------------------------------------------
 
@@ -355,43 +431,60 @@ class AbstractConnectionPool:
         """
         engine = self._engine
         while True:
-            with engine.lock:
-                if self.closed or engine.size >= self.minconn:
-                    return
-                engine.pending += 1
+            reserved = [False]
+            retired = False
             try:
-                entry = engine.open_connection()
-            except Exception as exc:
-                if raise_errors:
-                    raise
-                logger.warning(
-                    "%r could not open a connection to keep minconn: %s",
-                    self,
-                    hide_password(str(exc).strip()),
-                )
-                return
-            with engine.lock:
-                engine.pending -= 1
-                if not self.closed:
-                    engine.give_back_locked(entry, engine.clock())
-                    continue
-                engine.retire_locked(entry)
-            engine.close_one(entry)
+                with engine.lock:
+                    if self.closed or engine.size >= self.minconn:
+                        return
+                    engine.pending += 1
+                    reserved[0] = True
+                try:
+                    entry = engine.open_connection(reserved)
+                except Exception as exc:
+                    if raise_errors:
+                        raise
+                    logger.warning(
+                        "%r could not open a connection to keep minconn: %s",
+                        self,
+                        hide_password(str(exc).strip()),
+                    )
+                    return
+                with engine.lock:
+                    now = engine.clock()
+                    engine.pending -= 1
+                    reserved[0] = False
+                    if not self.closed:
+                        entry.idle_since = now
+                        engine.idle.append(entry)
+                        continue
+                    engine.closing += 1
+                    retired = True
+            except BaseException:
+                if reserved[0]:  # interrupted before the slot was given back or used
+                    self._release_reservation()
+                raise
+            finally:
+                if retired:
+                    engine.close_one(entry)
             return
 
     def _prune(self) -> None:
         engine = self._engine
         expired: list[PooledConnection] = []
-        with engine.lock:
-            if self.closed:
-                raise PoolError("connection pool is closed")
-            dropped = engine.pop_dead_idle_locked()
-            if self.idle_timeout:
-                expired = engine.pop_expired_idle_locked(
-                    self.idle_timeout, self.minconn, engine.clock()
-                )
-        engine.close(dropped, "dead")
-        engine.close(expired, "idle")
+        dropped: list[PooledConnection] = []
+        try:
+            with engine.lock:
+                if self.closed:
+                    raise PoolError("connection pool is closed")
+                engine.pop_dead_idle_locked(dropped)
+                if self.idle_timeout:
+                    engine.pop_expired_idle_locked(
+                        self.idle_timeout, self.minconn, engine.clock(), expired
+                    )
+        finally:
+            engine.close(dropped, "dead")
+            engine.close(expired, "idle")
         self._refill()
 
     # -- observability -------------------------------------------------------
@@ -418,13 +511,16 @@ class AbstractConnectionPool:
 
     def _closeall(self) -> None:
         engine = self._engine
-        with engine.lock:
-            if self.closed:
-                raise PoolError("connection pool is closed")
-            self.closed = True
-            entries = engine.close_all_locked()
-            self._used.clear()
-        engine.close(entries, "drained")
+        entries: list[PooledConnection] = []
+        try:
+            with engine.lock:
+                if self.closed:
+                    raise PoolError("connection pool is closed")
+                self.closed = True
+                self._used.clear()
+                engine.close_all_locked(entries)
+        finally:
+            engine.close(entries, "drained")
         engine.watcher.close()
 
 
