@@ -46,6 +46,8 @@ _get_ident = threading.get_ident
 
 # What a return does with the connection (_putconn).
 _NOTHING, _KEEP, _CLOSE, _CLEAN = range(4)
+# Never appended to (expiry runs only with an idle_timeout): no list per call on the hot path.
+_NO_EXPIRY: list[PooledConnection] = []
 _driver = Psycopg2Driver()
 _names = itertools.count(1)
 
@@ -169,7 +171,7 @@ class AbstractConnectionPool:
         lock = engine.lock
         used = self._used
         while True:
-            expired: list[PooledConnection] = []
+            expired: list[PooledConnection] = [] if self.idle_timeout else _NO_EXPIRY
             entry: PooledConnection | None = None
             try:
                 with lock:
@@ -289,7 +291,7 @@ class AbstractConnectionPool:
         engine = self._engine
         driver = engine.driver
         lock = engine.lock
-        expired: list[PooledConnection] = []
+        expired: list[PooledConnection] = [] if self.idle_timeout else _NO_EXPIRY
         entry: PooledConnection | None = None
         # What this return does with the connection; set with the books' change.
         action = _NOTHING
