@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -412,6 +413,13 @@ class BasePool(Generic[CT]):
 
     #: A borrower that waited longer than this many seconds is logged (WARNING); None: never.
     log_waits_over: float | None = 1.0
+    #: At most one slow-wait line per this many seconds per pool: a saturated pool has a
+    #: slow wait per borrow, and a line each would add load exactly when there is none to
+    #: spare. The next line says how many were folded into it.
+    log_waits_every: float = 10.0
+    _slow_waits_unlogged = 0
+    _slow_wait_longest = 0.0
+    _slow_wait_logged_at = float("-inf")
 
     def lent(self) -> list[Loan]:
         """The connections lent now, longest held first: how long, by whom, from where.
@@ -434,21 +442,42 @@ class BasePool(Generic[CT]):
         )
 
     def _log_slow_wait(self, waited: float) -> None:
-        """Log a wait over ``log_waits_over`` (call it outside the lock)."""
+        """Log a wait over ``log_waits_over``, at most once per ``log_waits_every`` seconds.
+
+        Call it outside the lock.
+        """
         threshold = self.log_waits_over
-        if threshold is not None and waited > threshold:
-            engine = self._engine
-            with engine.lock:
-                waiting = len(engine.waiters)
-                max_size = engine.max_size
-            logger.warning(
-                "pool %r: a borrower waited %.2f s for a connection (max_size=%d, %d still"
-                " waiting; see pool.lent() for who holds them)",
-                self.name,
-                waited,
-                max_size,
-                waiting,
-            )
+        if threshold is None or waited <= threshold:
+            return
+        engine = self._engine
+        now = time.monotonic()
+        with engine.lock:
+            folded = self._slow_waits_unlogged
+            longest = max(self._slow_wait_longest, waited)
+            if now - self._slow_wait_logged_at < self.log_waits_every:
+                self._slow_waits_unlogged = folded + 1
+                self._slow_wait_longest = longest
+                return
+            self._slow_wait_logged_at = now
+            self._slow_waits_unlogged = 0
+            self._slow_wait_longest = 0.0
+            waiting = len(engine.waiters)
+            max_size = engine.max_size
+        more = (
+            f"; {folded} more waits over {threshold:g} s since the last such line, the longest"
+            f" {longest:.2f} s"
+            if folded
+            else ""
+        )
+        logger.warning(
+            "pool %r: a borrower waited %.2f s for a connection (max_size=%d, %d still"
+            " waiting; see pool.lent() for who holds them)%s",
+            self.name,
+            waited,
+            max_size,
+            waiting,
+            more,
+        )
 
     def _last_error_hint(self) -> str:
         error = self._engine.last_connect_error
