@@ -213,40 +213,58 @@ class Upkeep:
 
     def _failed(self, exc: BaseException) -> float:
         """Record a failed attempt; return how long to wait before the next."""
-        engine = self._engine
-        with engine.lock:
-            waiting = bool(engine.waiters)
-            # Real time, as waits.
-            delay, gave_up = self._backoff.failed(time.monotonic(), waiting=waiting)
-            failures = self._backoff.failures
-        message = hide_password(str(exc).strip()) or type(exc).__name__
-        engine.last_connect_error = message
-        logger.warning(
-            "pool %r: connection attempt %d failed, next in %.2f s: %s",
-            self._settings.name,
-            failures,
-            delay,
-            message,
-        )
-        if gave_up:
-            logger.warning(
-                "pool %r: reconnecting has failed for %s s (reconnect_timeout)",
-                self._settings.name,
-                self._settings.reconnect_timeout,
-            )
-            callback = self._gave_up() if self._gave_up is not None else None
-            if callback is not None:
-                try:
-                    callback()
-                except Exception:
-                    logger.exception("pool %r: reconnect_failed raised", self._settings.name)
-        return delay
+        callback = self._gave_up() if self._gave_up is not None else None
+        return record_failed_attempt(self._engine, self._backoff, self._settings, exc, callback)
 
     def _set_lifetime(self, entry: PooledConnection) -> None:
-        """Each connection expires up to 10% before max_lifetime, so they don't all go together."""
-        max_lifetime = self._settings.max_lifetime
-        if max_lifetime is not None:
-            entry.expires_at = entry.created_at + max_lifetime * (1.0 - 0.1 * random.random())
+        set_lifetime(self._settings, entry)
+
+
+def record_failed_attempt(
+    engine: Engine,
+    backoff: Backoff,
+    settings: Settings,
+    exc: BaseException,
+    reconnect_failed: Callable[[], object] | None,
+) -> float:
+    """Record a failed connection attempt (both pools); return how long to wait before the next.
+
+    Logs it (password masked), keeps it for timeout messages, and calls
+    ``reconnect_failed`` once when ``reconnect_timeout`` has run out.
+    """
+    with engine.lock:
+        waiting = bool(engine.waiters)
+        # Real time, as waits; short while borrowers wait (a failover's new primary).
+        delay, gave_up = backoff.failed(time.monotonic(), waiting=waiting)
+        failures = backoff.failures
+    message = hide_password(str(exc).strip()) or type(exc).__name__
+    engine.last_connect_error = message
+    logger.warning(
+        "pool %r: connection attempt %d failed, next in %.2f s: %s",
+        settings.name,
+        failures,
+        delay,
+        message,
+    )
+    if gave_up:
+        logger.warning(
+            "pool %r: reconnecting has failed for %s s (reconnect_timeout)",
+            settings.name,
+            settings.reconnect_timeout,
+        )
+        if reconnect_failed is not None:
+            try:
+                reconnect_failed()
+            except Exception:
+                logger.exception("pool %r: reconnect_failed raised", settings.name)
+    return delay
+
+
+def set_lifetime(settings: Settings, entry: PooledConnection) -> None:
+    """Each connection expires up to 10% before max_lifetime, so they don't all go together."""
+    max_lifetime = settings.max_lifetime
+    if max_lifetime is not None:
+        entry.expires_at = entry.created_at + max_lifetime * (1.0 - 0.1 * random.random())
 
 
 def _weak_callable(fn: Callable[[], object]) -> Callable[[], Callable[[], object] | None]:
@@ -275,4 +293,4 @@ def _upkeep_loop(
         wake.clear()
 
 
-__all__ = ["Upkeep"]
+__all__ = ["Upkeep", "record_failed_attempt", "set_lifetime"]

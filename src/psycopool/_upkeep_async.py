@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from psycopool._backoff import Backoff
 from psycopool._base import Settings
-from psycopool._drivers import hide_password
 from psycopool._engine import Engine, PooledConnection
+from psycopool._upkeep import record_failed_attempt, set_lifetime
 
 logger = logging.getLogger("psycopool")
 
@@ -197,39 +195,12 @@ class AsyncUpkeep:
 
     def _failed(self, exc: Exception) -> float:
         """Record a failed attempt; return how long to wait before the next."""
-        engine = self._engine
-        with engine.lock:
-            # Real time, as waits; short while borrowers wait (a failover's new primary).
-            waiting = bool(engine.waiters)
-            delay, gave_up = self._backoff.failed(time.monotonic(), waiting=waiting)
-            failures = self._backoff.failures
-        message = hide_password(str(exc).strip()) or type(exc).__name__
-        engine.last_connect_error = message
-        logger.warning(
-            "pool %r: connection attempt %d failed, next in %.2f s: %s",
-            self._settings.name,
-            failures,
-            delay,
-            message,
+        return record_failed_attempt(
+            self._engine, self._backoff, self._settings, exc, self._gave_up
         )
-        if gave_up:
-            logger.warning(
-                "pool %r: reconnecting has failed for %s s (reconnect_timeout)",
-                self._settings.name,
-                self._settings.reconnect_timeout,
-            )
-            if self._gave_up is not None:
-                try:
-                    self._gave_up()
-                except Exception:
-                    logger.exception("pool %r: reconnect_failed raised", self._settings.name)
-        return delay
 
     def _set_lifetime(self, entry: PooledConnection) -> None:
-        """Each connection expires up to 10% before max_lifetime, so they don't all go together."""
-        max_lifetime = self._settings.max_lifetime
-        if max_lifetime is not None:
-            entry.expires_at = entry.created_at + max_lifetime * (1.0 - 0.1 * random.random())
+        set_lifetime(self._settings, entry)
 
 
 async def _upkeep_loop(
