@@ -286,7 +286,7 @@ class BasePool(Generic[CT]):
             chores.to_close.extend(expired)
         if self._shrinking:  # resize() lowered max_size
             while engine.idle and engine.size - engine.closing > engine.max_size:
-                surplus = engine.idle.popleft()
+                surplus = engine.idle.pop(0)
                 engine.retire_locked(surplus, reason="resized")
                 chores.to_close.append(surplus)
             self._shrinking = engine.size > engine.max_size

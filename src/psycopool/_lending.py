@@ -47,15 +47,21 @@ class LendingPool(BasePool[CT]):
     #: Precomputed by the constructor for the hot path (see _init_lending).
     _lend_extras = False
     _fast_return = True
+    _keep_clean = True
     _psycopg2 = False
+    #: The driver's is_clean, bound once (the psycopg 3 return calls it).
+    _is_clean: Any
 
     def _open_lazily(self) -> None:
         """Open a lazy pool at its first borrow; ConnectionPool implements it."""
 
     def _init_lending(self) -> None:
         self._psycopg2 = self._driver.name == "psycopg2"
+        self._is_clean = self._driver.is_clean
         self._lend_extras = self.leak_timeout is not None or self.close_returns
-        self._fast_return = self._rollback_only and self._keeps_idle
+        self._keep_clean = self._rollback_only and self._keeps_idle
+        # close_returns: the slow path clears the pool mark on the connection.
+        self._fast_return = self._keep_clean and not self.close_returns
 
     # -- borrowing -----------------------------------------------------------
 
@@ -73,22 +79,25 @@ class LendingPool(BasePool[CT]):
         entry = None
         # Interrupt safety (KeyboardInterrupt, any asynchronous exception): the books
         # change with plain stores, no call in between; until the connection is
-        # handed out (``entry.conn`` cleared), the handler gives it back.
+        # handed out (``entry.conn`` cleared), the handler gives it back. The lock is
+        # taken without ``with``, by the rule stated at ``Engine.lock``.
         try:
-            with lock:
-                if self._usable:
-                    self._requests_num += 1
-                    idle = engine.idle
-                    if idle:
-                        taken = idle[-1]
-                        ident = id(taken.conn)
-                        del idle[-1]
-                        taken.owner = me
-                        engine.in_use[ident] = taken
-                        entry = taken
+            lock.acquire()
+            if self._usable:
+                self._requests_num += 1
+                idle = engine.idle
+                if idle:
+                    taken = idle[-1]
+                    ident = id(taken.conn)
+                    del idle[-1]
+                    taken.owner = me
+                    engine.in_use[ident] = taken
+                    entry = taken
+            lock.release()
             if entry is not None:
                 conn = entry.conn
-                now = engine.clock()
+                clock = engine.clock
+                now = clock()
                 # Both drivers' connections have `closed`: true once closed or broken.
                 if (
                     self._liveness_only
@@ -104,6 +113,10 @@ class LendingPool(BasePool[CT]):
                     return conn  # type: ignore[no-any-return]
             return self._getconn_slow(timeout, me, entry)
         except BaseException:
+            try:  # inline, not a function: an interrupt can land at a call's entry
+                lock.release()
+            except RuntimeError:
+                pass  # not held by this thread: released already, or never taken
             self._unwind(entry, None, me)  # the slow path's own handler ran first
             raise
 
@@ -309,6 +322,60 @@ class LendingPool(BasePool[CT]):
         """
         me = _get_ident()
         engine = self._engine
+        lock = engine.lock
+        c: Any = conn
+        # The usual return, decided under one lock with no I/O; anything else
+        # (another thread's loan, a connection to clean or close, close_returns,
+        # a closing or shrinking pool) takes the slow path, which decides again
+        # from the start. Interrupt safety as in getconn.
+        try:
+            lock.acquire()
+            ident = id(c)
+            entry = engine.in_use.get(ident)
+            if (
+                entry is not None
+                and entry.owner == me
+                and self._fast_return
+                and self._usable
+                and not self._shrinking
+            ):
+                clock = engine.clock
+                now = clock()
+                if now < entry.expires_at and (
+                    # Psycopg2Driver.is_clean() inlined (public attributes only).
+                    c.get_transaction_status() == IDLE
+                    and (c.autocommit, c.isolation_level, c.readonly, c.deferrable) == entry.state
+                    if self._psycopg2
+                    else self._is_clean(c, entry.state)
+                ):
+                    held = now - entry.borrowed_at
+                    use_times = engine.use_times
+                    if use_times is not None:  # an exporter is attached (see _timings.py)
+                        use_times.append(held)
+                    # Decided: now the books change with stores only.
+                    entry.returner = me
+                    self._usage += held
+                    entry.conn = c
+                    del engine.in_use[ident]
+                    if engine.waiters:
+                        engine.give_back_locked(entry, now)
+                    else:  # Engine.give_back_locked(), its common branch inlined
+                        entry.idle_since = now
+                        engine.idle.append(entry)
+                    lock.release()
+                    return
+            lock.release()
+        except BaseException:
+            try:  # inline, not a function: an interrupt can land at a call's entry
+                lock.release()
+            except RuntimeError:
+                pass  # not held by this thread: released already, or never taken
+            raise
+        self._putconn_slow(c, me)
+
+    def _putconn_slow(self, conn: Any, me: int) -> None:
+        """Every return but the usual one: matched to its loan, then kept, cleaned or closed."""
+        engine = self._engine
         driver = self._driver
         with engine.lock:
             ident = id(conn)
@@ -318,7 +385,7 @@ class LendingPool(BasePool[CT]):
                     # Lent before close(timeout) gave up waiting for it: close() has
                     # closed it already; returning it is still fine.
                     if self.close_returns:
-                        conn._pool = None  # type: ignore[attr-defined]
+                        conn._pool = None
                     driver.close(conn)
                     return
                 raise self._not_lent_error(conn)
@@ -331,7 +398,7 @@ class LendingPool(BasePool[CT]):
             if use_times is not None:  # an exporter is attached (see _timings.py)
                 use_times.append(held)
             fast = (
-                self._fast_return
+                self._keep_clean
                 and self._usable
                 and not self._shrinking
                 and now < entry.expires_at

@@ -163,7 +163,9 @@ class AbstractConnectionPool:
     # of the books below is made of plain stores with no call in between (a
     # call that mutates, like append, comes last), every slot reserved for I/O
     # (pending: connecting or cleaning; closing) is released in a handler, and
-    # the lock is only ever taken with ``with``.
+    # the lock is taken with ``with``, or, on the hot paths, by the rule stated
+    # at ``Engine.lock`` (an RLock acquired inside the ``try``, released inline
+    # by the handler).
 
     def _getconn(self, key: Any = None) -> Any:
         me = _get_ident()
@@ -174,44 +176,54 @@ class AbstractConnectionPool:
             expired: list[PooledConnection] = [] if self.idle_timeout else _NO_EXPIRY
             entry: PooledConnection | None = None
             try:
-                with lock:
-                    if self.closed:
-                        raise PoolError("connection pool is closed")
-                    if key is None:
-                        self._keys += 1
-                        key = self._keys
-                        if key in used:
-                            key = self._getkey()
-                    elif key in used:
-                        return used[key]
-                    idle = engine.idle
-                    if self.idle_timeout and idle:
-                        engine.pop_expired_idle_locked(
-                            self.idle_timeout, self.minconn, engine.clock(), expired
-                        )
-                    if idle:
-                        # Hot path: the warmest idle connection, counted in use (under
-                        # ``key``, which finds it again whatever interrupts the caller).
-                        entry = idle[-1]
-                        conn = entry.conn
-                        ident = id(conn)
-                        del idle[-1]
-                        engine.in_use[ident] = entry
-                        entry.key = key
-                        entry.owner = me
-                        used[key] = conn
-                    elif engine.size >= self.maxconn:
-                        engine.timeouts += 1
-                        raise PoolError("connection pool exhausted")
-                    else:
-                        engine.pending += 1
+                lock.acquire()
+                if self.closed:
+                    raise PoolError("connection pool is closed")
+                if key is None:
+                    self._keys += 1
+                    key = self._keys
+                    if key in used:
+                        key = self._getkey()
+                elif key in used:
+                    conn = used[key]
+                    lock.release()
+                    return conn
+                idle = engine.idle
+                if self.idle_timeout and idle:
+                    engine.pop_expired_idle_locked(
+                        self.idle_timeout, self.minconn, engine.clock(), expired
+                    )
+                if idle:
+                    # Hot path: the warmest idle connection, counted in use (under
+                    # ``key``, which finds it again whatever interrupts the caller).
+                    entry = idle[-1]
+                    conn = entry.conn
+                    ident = id(conn)
+                    del idle[-1]
+                    engine.in_use[ident] = entry
+                    entry.key = key
+                    entry.owner = me
+                    used[key] = conn
+                elif engine.size >= self.maxconn:
+                    engine.timeouts += 1
+                    raise PoolError("connection pool exhausted")
+                else:
+                    engine.pending += 1
+                lock.release()
+            except BaseException:
+                try:  # inline, not a function: an interrupt can land at a call's entry
+                    lock.release()
+                except RuntimeError:
+                    pass  # not held by this thread: released already, or never taken
+                raise
             finally:
                 if expired:
                     engine.close(expired, "idle")
             if entry is None:
                 return self._lend_new(key)
             # Engine.is_alive(), with its recently-used shortcut inlined.
-            now = engine.clock()
+            clock = engine.clock
+            now = clock()
             if (now - entry.idle_since < RECENTLY_USED and not conn.closed) or engine.is_alive(
                 entry
             ):
@@ -296,7 +308,8 @@ class AbstractConnectionPool:
         # What this return does with the connection; set with the books' change.
         action = _NOTHING
         try:
-            with lock:
+            try:
+                lock.acquire()
                 if self.closed:
                     raise PoolError("connection pool is closed")
                 ident = id(conn)
@@ -314,7 +327,8 @@ class AbstractConnectionPool:
                     # Returned already by this thread, and lent again since: a stale return.
                     raise PoolError("trying to put unkeyed connection")
                 entry.returner = me
-                now = engine.clock()
+                clock = engine.clock
+                now = clock()
                 if engine.use_times is not None:
                     engine.use_times.append(now - entry.borrowed_at)
                 # Decide first (every call is here), then change the books with stores only.
@@ -344,12 +358,20 @@ class AbstractConnectionPool:
                         engine.pop_expired_idle_locked(
                             self.idle_timeout, self.minconn, now, expired
                         )
+                    lock.release()
                     return
                 if decided == _CLOSE:
                     engine.closing += 1
                 else:
                     engine.pending += 1
                 action = decided
+                lock.release()
+            except BaseException:
+                try:  # inline, not a function: an interrupt can land at a call's entry
+                    lock.release()
+                except RuntimeError:
+                    pass  # not held by this thread: released already, or never taken
+                raise
             if action == _CLEAN:
                 token = [_CLEAN]
                 action = _NOTHING
