@@ -46,6 +46,7 @@ class LendingPool(BasePool[CT]):
     _lazy = False
     #: Precomputed by the constructor for the hot path (see _init_lending).
     _lend_extras = False
+    _fast_lend = True
     _fast_return = True
     _keep_clean = True
     _psycopg2 = False
@@ -59,6 +60,8 @@ class LendingPool(BasePool[CT]):
         self._psycopg2 = self._driver.name == "psycopg2"
         self._is_clean = self._driver.is_clean
         self._lend_extras = self.leak_timeout is not None or self.close_returns
+        # Lent by getconn's first section alone: the liveness check, nothing recorded.
+        self._fast_lend = self._liveness_only and not self._lend_extras
         self._keep_clean = self._rollback_only and self._keeps_idle
         # close_returns: the slow path clears the pool mark on the connection.
         self._fast_return = self._keep_clean and not self.close_returns
@@ -89,10 +92,12 @@ class LendingPool(BasePool[CT]):
                 if idle:
                     taken = idle[-1]
                     ident = id(taken.conn)
-                    del idle[-1]
                     taken.owner = me
                     engine.in_use[ident] = taken
                     entry = taken
+                    # Off the idle stack last: an interrupt can land only after this
+                    # call returns, when the handler finds ``entry`` in use and ours.
+                    idle.pop()
             lock.release()
             if entry is not None:
                 conn = entry.conn
@@ -100,7 +105,7 @@ class LendingPool(BasePool[CT]):
                 now = clock()
                 # Both drivers' connections have `closed`: true once closed or broken.
                 if (
-                    self._liveness_only
+                    self._fast_lend
                     and now < entry.expires_at
                     and now - entry.idle_since < RECENTLY_USED
                     and not conn.closed
@@ -108,8 +113,6 @@ class LendingPool(BasePool[CT]):
                     # The hot path: _lend() inlined.
                     entry.conn = None
                     entry.borrowed_at = now
-                    if self._lend_extras:
-                        self._mark_lent(entry, conn, 1)
                     return conn  # type: ignore[no-any-return]
             return self._getconn_slow(timeout, me, entry)
         except BaseException:

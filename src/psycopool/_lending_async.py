@@ -18,6 +18,7 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic
 
+from psycopool._args import MAX_SECONDS
 from psycopool._base import CT, BasePool, positive
 from psycopool._drivers import IDLE, AsyncDriver, hide_password
 from psycopool._engine import FutureWaiter, PooledConnection
@@ -70,23 +71,35 @@ class AsyncLendingPool(BasePool[CT]):
         Raises :class:`PoolTimeout`, :class:`TooManyRequests` or :class:`PoolClosed`.
         Return it with :meth:`putconn`, or use :meth:`connection` instead.
         """
-        if timeout is not None and (type(timeout) is not float or not timeout > 0.0):
+        if timeout is not None and (type(timeout) is not float or not 0.0 < timeout <= MAX_SECONDS):
             timeout = positive("timeout", timeout)  # checked in full only if unusual
         engine = self._engine
         lock = engine.lock
-        lock.acquire()  # not `with`: its two method lookups cost more than the lock
+        entry = None
+        # The lock by the rule stated at Engine.lock (no `with`: it costs as much
+        # again); the books change with stores only, so even a KeyboardInterrupt
+        # landing here leaves them right.
         try:
-            if self._usable and engine.idle:
+            lock.acquire()
+            if self._usable:
                 self._requests_num += 1
-                entry = engine.idle.pop()
-                conn = entry.conn
-                engine.in_use[id(conn)] = entry
-            else:
-                entry = None
-        finally:
+                idle = engine.idle
+                if idle:
+                    taken = idle[-1]
+                    ident = id(taken.conn)
+                    engine.in_use[ident] = taken
+                    entry = taken
+                    idle.pop()  # last: an interrupt can land only after it returns
             lock.release()
+        except BaseException:
+            try:  # inline, not a function: an interrupt can land at a call's entry
+                lock.release()
+            except RuntimeError:
+                pass  # not held by this thread: released already, or never taken
+            raise
         if entry is not None:
-            now = self.clock()
+            clock = engine.clock
+            now = clock()
             if (
                 self._fast_lend
                 and now - entry.idle_since < RECENTLY_USED
@@ -94,6 +107,7 @@ class AsyncLendingPool(BasePool[CT]):
             ):
                 # The hot path, with no await that suspends: _lend() inlined. Returned
                 # clean (so open) less than RECENTLY_USED ago, and untouched since.
+                conn = entry.conn
                 entry.conn = None
                 entry.borrowed_at = now
                 return conn  # type: ignore[no-any-return]
@@ -304,8 +318,60 @@ class AsyncLendingPool(BasePool[CT]):
         """Return a borrowed connection: cleaned and kept (or handed to a waiter), or closed."""
         engine = self._engine
         lock = engine.lock
-        lock.acquire()
+        # The usual return, decided in one short section with no I/O and no await;
+        # anything else takes _putconn_slow, which decides again from the start.
         try:
+            lock.acquire()
+            ident = id(conn)
+            entry = engine.in_use.get(ident)
+            if entry is not None and self._rollback_only and self._usable and not self._shrinking:
+                clock = engine.clock
+                now = clock()
+                # (No epoch test: drain() gives lent connections an expiry in the past.)
+                try:
+                    # PsycopgInspector.is_clean() inlined: the fields behind psycopg's
+                    # public properties (a future psycopg without them: the driver's).
+                    clean = (
+                        conn.pgconn.transaction_status == IDLE
+                        and (
+                            conn._autocommit,
+                            conn._isolation_level,
+                            conn._read_only,
+                            conn._deferrable,
+                        )
+                        == entry.state
+                    )
+                except AttributeError:
+                    clean = self._is_clean(conn, entry.state)
+                if clean and now < entry.expires_at:
+                    held = now - entry.borrowed_at
+                    use_times = engine.use_times
+                    if use_times is not None:  # an exporter is attached (see _timings.py)
+                        use_times.append(held)
+                    # Decided: the books change with stores only.
+                    self._usage += held
+                    entry.conn = conn
+                    del engine.in_use[ident]
+                    if engine.waiters:
+                        engine.give_back_locked(entry, now)
+                    else:  # Engine.give_back_locked(), its common branch inlined
+                        entry.idle_since = now
+                        engine.idle.append(entry)
+                    lock.release()
+                    return
+            lock.release()
+        except BaseException:
+            try:  # inline, by the rule stated at Engine.lock
+                lock.release()
+            except RuntimeError:
+                pass
+            raise
+        await self._putconn_slow(conn)
+
+    async def _putconn_slow(self, conn: Any) -> None:
+        """Every return but the usual one: kept, cleaned or closed; refused if not lent."""
+        engine = self._engine
+        with engine.lock:
             entry = engine.in_use.pop(id(conn), None)
             if entry is not None:
                 entry.conn = conn
@@ -313,27 +379,9 @@ class AsyncLendingPool(BasePool[CT]):
                 held = now - entry.borrowed_at
                 self._usage += held
                 use_times = engine.use_times
-                if use_times is not None:  # an exporter is attached (see _timings.py)
+                if use_times is not None:
                     use_times.append(held)
-                # (No epoch test: drain() gives lent connections an expiry in the past.)
-                if (
-                    self._rollback_only
-                    and self._usable
-                    and not self._shrinking
-                    and now < entry.expires_at
-                    and self._is_clean(conn, entry.state)
-                ):
-                    # The usual case, decided under one lock with no I/O and no await:
-                    # Engine.give_back_locked(), its common branch inlined.
-                    if engine.waiters:
-                        engine.give_back_locked(entry, now)
-                    else:
-                        entry.idle_since = now
-                        engine.idle.append(entry)
-                    return
                 engine.pending += 1
-        finally:
-            lock.release()
         if entry is None:
             if self._closed:
                 # Lent before close(timeout) gave up waiting for it: close() has

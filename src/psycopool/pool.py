@@ -199,11 +199,11 @@ class AbstractConnectionPool:
                     entry = idle[-1]
                     conn = entry.conn
                     ident = id(conn)
-                    del idle[-1]
                     engine.in_use[ident] = entry
                     entry.key = key
                     entry.owner = me
                     used[key] = conn
+                    idle.pop()  # last: an interrupt can land only after it returns
                 elif engine.size >= self.maxconn:
                     engine.timeouts += 1
                     raise PoolError("connection pool exhausted")

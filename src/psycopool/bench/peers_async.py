@@ -236,30 +236,27 @@ class SQLAlchemyAsyncPeer(AsyncPeer):
         return result.fetchone()
 
 
-class FloorAsyncPeer(AsyncPeer):
-    """The least an asyncio pool can do: a deque of idle connections, a deque of futures (FIFO)."""
+class FifoFuturePool:
+    """The least an asyncio pool can do: a deque of idle connections, a deque of futures (FIFO).
 
-    key = "floor-async"
-    label = "floor: deque+futures"
-    modules = ("psycopg",)
-    distributions = ()
-    driver = "psycopg"
+    Its peer calls ``getconn``/``putconn`` as every other async peer calls its
+    pool's, so the rows differ only by what the pools do.
+    """
 
     def __init__(self) -> None:
-        super().__init__()
         self._idle: collections.deque[Any] = collections.deque()
         self._waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._all: list[Any] = []
 
-    async def aopen(self, dsn: str, min_size: int, max_size: int) -> None:
+    async def open(self, dsn: str, size: int) -> None:
         import psycopg
 
-        for _ in range(max_size):
+        for _ in range(size):
             conn = await psycopg.AsyncConnection.connect(dsn)
             self._all.append(conn)
             self._idle.append(conn)
 
-    async def aget(self) -> Any:
+    async def getconn(self) -> Any:
         if self._idle:
             return self._idle.pop()
         future = asyncio.get_running_loop().create_future()
@@ -268,10 +265,10 @@ class FloorAsyncPeer(AsyncPeer):
             return await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
-                await self.aput(future.result())  # handed over as the cancel landed
+                await self.putconn(future.result())  # handed over as the cancel landed
             raise
 
-    async def aput(self, conn: Any) -> None:
+    async def putconn(self, conn: Any) -> None:
         if conn.pgconn.transaction_status != 0:
             await conn.rollback()
         while self._waiters:
@@ -281,24 +278,48 @@ class FloorAsyncPeer(AsyncPeer):
                 return
         self._idle.append(conn)
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         for conn in self._all:
             await conn.close()
         self._all.clear()
         self._idle.clear()
 
 
+class FloorAsyncPeer(AsyncPeer):
+    """The floor pool (:class:`FifoFuturePool`) behind the same adapter as every pool."""
+
+    key = "floor-async"
+    label = "floor: deque+futures"
+    modules = ("psycopg",)
+    distributions = ()
+    driver = "psycopg"
+
+    async def aopen(self, dsn: str, min_size: int, max_size: int) -> None:
+        self.pool = FifoFuturePool()
+        await self.pool.open(dsn, max_size)
+
+    async def aget(self) -> Any:
+        return await self.pool.getconn()
+
+    async def aput(self, conn: Any) -> None:
+        await self.pool.putconn(conn)
+
+    async def aclose(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+
 class _FloorBorrowed:
     """The floor's ``async with``: commit on success, roll back on error, return."""
 
-    __slots__ = ("_conn", "_peer")
+    __slots__ = ("_conn", "_pool")
 
-    def __init__(self, peer: FloorAsyncPeer) -> None:
-        self._peer = peer
+    def __init__(self, pool: FifoFuturePool) -> None:
+        self._pool = pool
         self._conn: Any = None
 
     async def __aenter__(self) -> Any:
-        self._conn = conn = await self._peer.aget()
+        self._conn = conn = await self._pool.getconn()
         return conn
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -307,7 +328,7 @@ class _FloorBorrowed:
             if conn.pgconn.transaction_status != 0:
                 await (conn.commit() if exc_type is None else conn.rollback())
         finally:
-            await self._peer.aput(conn)
+            await self._pool.putconn(conn)
 
 
 class FloorAsyncWithPeer(FloorAsyncPeer):
@@ -316,7 +337,7 @@ class FloorAsyncWithPeer(FloorAsyncPeer):
     uses_context = True
 
     def aconnection(self) -> AbstractAsyncContextManager[Any]:
-        return _FloorBorrowed(self)
+        return _FloorBorrowed(self.pool)
 
 
 #: Every async peer, in table order. psycopool's rows first.

@@ -1,4 +1,10 @@
-"""The floors: the least a pool can do (a deque under a lock), to show what pools cost above it."""
+"""The floors: the least a pool can do (a deque under a lock), to show what pools cost above it.
+
+Each floor is a small pool object with ``getconn``/``putconn``, and its peer
+calls them as every other peer calls its pool's: the adapter layer and the
+pool's own method call are then the same on every row, and what a row costs
+above the floor is what its pool does above a deque and a lock.
+"""
 
 from __future__ import annotations
 
@@ -14,27 +20,17 @@ _PG2_IDLE = 0
 _PG2_UNKNOWN = 4
 
 
-class _FloorBase(Peer):
-    """The least a pool can do: a LIFO deque of open psycopg2 connections and a count."""
+class _DequePool:
+    """A LIFO deque of open psycopg2 connections and a count; rolled back on return."""
 
-    modules = ("psycopg2",)
-    distributions = ()
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._dsn = ""
-        self._max = 0
-        self._size = 0
-        self._idle: collections.deque[Any] = collections.deque()
-        self._lent: set[int] = set()
-        self._all: dict[int, Any] = {}
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-
-    def open(self, dsn: str, min_size: int, max_size: int) -> None:
+    def __init__(self, dsn: str, min_size: int, max_size: int) -> None:
         import psycopg2
 
         self._dsn, self._max = dsn, max_size
+        self._idle: collections.deque[Any] = collections.deque()
+        self._all: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         for _ in range(min_size):
             conn = psycopg2.connect(dsn)
             self._all[id(conn)] = conn
@@ -56,7 +52,7 @@ class _FloorBase(Peer):
             self._all[id(conn)] = conn
         return conn
 
-    def put(self, conn: Any, close: bool = False) -> None:
+    def putconn(self, conn: Any, close: bool = False) -> None:
         if not close:
             status = conn.get_transaction_status()
             if status == _PG2_UNKNOWN:
@@ -92,14 +88,10 @@ class _FloorBase(Peer):
                 conn.close()
 
 
-class FloorLockPeer(_FloorBase):
+class DequeLockPool(_DequePool):
     """deque + Lock; raises when exhausted (like psycopg2.pool)."""
 
-    key = "floor-lock"
-    label = "floor: deque+Lock"
-    raises_when_exhausted = True
-
-    def get(self) -> Any:
+    def getconn(self) -> Any:
         # The bare Lock, not the Condition: no waiter to wake, nothing else to pay for.
         with self._lock:
             if self._idle:
@@ -113,17 +105,11 @@ class FloorLockPeer(_FloorBase):
         with self._lock:
             self._idle.append(conn)
 
-    def is_exhausted(self, exc: BaseException) -> bool:
-        return isinstance(exc, Exhausted)
 
-
-class FloorConditionPeer(_FloorBase):
+class DequeConditionPool(_DequePool):
     """deque + threading.Condition; waits when exhausted (not FIFO: a returner may barge)."""
 
-    key = "floor-cond"
-    label = "floor: deque+Condition"
-
-    def get(self) -> Any:
+    def getconn(self) -> Any:
         with self._cond:
             while True:
                 if self._idle:
@@ -133,3 +119,42 @@ class FloorConditionPeer(_FloorBase):
                     break
                 self._cond.wait()
         return self._connect_reserved()
+
+
+class _FloorPeer(Peer):
+    modules = ("psycopg2",)
+    distributions = ()
+    pool_class: type[_DequePool] = DequeLockPool
+
+    def open(self, dsn: str, min_size: int, max_size: int) -> None:
+        self.pool = self.pool_class(dsn, min_size, max_size)
+
+    def get(self) -> Any:
+        return self.pool.getconn()
+
+    def put(self, conn: Any, close: bool = False) -> None:
+        self.pool.putconn(conn, close)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
+class FloorLockPeer(_FloorPeer):
+    """deque + Lock; raises when exhausted (like psycopg2.pool)."""
+
+    key = "floor-lock"
+    label = "floor: deque+Lock"
+    raises_when_exhausted = True
+    pool_class = DequeLockPool
+
+    def is_exhausted(self, exc: BaseException) -> bool:
+        return isinstance(exc, Exhausted)
+
+
+class FloorConditionPeer(_FloorPeer):
+    """deque + threading.Condition; waits when exhausted (not FIFO: a returner may barge)."""
+
+    key = "floor-cond"
+    label = "floor: deque+Condition"
+    pool_class = DequeConditionPool
