@@ -227,6 +227,8 @@ def test_dead_idle_connection_replaced_and_reconnect_after_restart(
                     assert await scalar(conn, "SELECT 1") == 1
             assert pool.get_stats()["connections_lost"] >= 1
             await pool.check()
+            # The replacements open on this loop: wait for them without blocking it.
+            assert await until(lambda: pool.get_stats()["pool_available"] == 2)
             assert pg_server.wait_count(app_name, 2) == 2
 
     arun(main)
