@@ -18,6 +18,7 @@ from django.db.backends.postgresql import base as postgresql
 from django.db.backends.postgresql.psycopg_any import IsolationLevel, is_psycopg3
 
 from psycopool import ConnectionPool
+from psycopool._args import show
 
 #: Arguments the backend sets itself: the rest of OPTIONS["pool"] goes to ConnectionPool.
 _RESERVED = ("conninfo", "kwargs", "driver", "open")
@@ -84,16 +85,22 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
         if not isinstance(options, dict):
             raise ImproperlyConfigured(
                 f"OPTIONS['pool'] must be True or a dict of psycopool.ConnectionPool"
-                f" arguments; got {type(options).__name__}"
+                f" arguments; got {show(options)}"
             )
         reserved = sorted(k for k in options if k in _RESERVED)
         if reserved:
+            given = ", ".join(f"{k}={show(options[k])}" for k in reserved)
             raise ImproperlyConfigured(
                 f"OPTIONS['pool'] can't set {', '.join(reserved)}: the backend sets them"
-                " from DATABASES"
+                f" from DATABASES; got {given}"
             )
         options = dict(options)
         user_configure = options.pop("configure", None)
+        if user_configure is not None and not callable(user_configure):
+            raise ImproperlyConfigured(
+                "OPTIONS['pool']['configure'] must be a callable taking a connection, or"
+                f" None; got {show(user_configure)}"
+            )
         if "check" not in options and self.settings_dict["CONN_HEALTH_CHECKS"]:
             options["check"] = "ping"
         options.setdefault("name", f"django-{self.alias}")
@@ -138,11 +145,13 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
             return None
         try:
             return IsolationLevel(value)
-        except ValueError:
-            raise ImproperlyConfigured(
-                f"Invalid transaction isolation level {value} specified. Use one of the"
-                f" {'psycopg.IsolationLevel' if is_psycopg3 else 'psycopg2.extensions'} values."
-            ) from None
+        except ValueError:  # its message holds the value unmasked: not chained, not kept
+            pass
+        raise ImproperlyConfigured(
+            f"Invalid transaction isolation level {show(value)} specified in"
+            " OPTIONS['isolation_level']. Use one of the"
+            f" {'psycopg.IsolationLevel' if is_psycopg3 else 'psycopg2.extensions'} values."
+        )
 
     def get_connection_params(self) -> dict[str, Any]:
         if self.pool is None:  # e.g. the "no database" connection creating a test database

@@ -19,6 +19,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
+from psycopool._args import show
+
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -85,9 +87,14 @@ def create_async_engine(url: str | sqlalchemy.URL, pool: Any, **kwargs: Any) -> 
 def _check_arguments(function: str, pool: Any, kwargs: dict[str, Any]) -> None:
     given = sorted(k for k in kwargs if k in _OWN_OPTIONS)
     if given:
-        raise TypeError(f"{function}() sets {', '.join(given)} itself: pass the other options only")
+        values = ", ".join(f"{k}={show(kwargs[k])}" for k in given)
+        raise TypeError(
+            f"{function}() sets {', '.join(given)} itself: pass the other options only;"
+            f" got {values}"
+        )
     if not (callable(getattr(pool, "getconn", None)) and callable(getattr(pool, "putconn", None))):
-        raise TypeError(f"pool must be a psycopool pool; got {type(pool).__name__}")
+        # Shown masked: a conninfo or a URL passed as the pool may hold a password.
+        raise TypeError(f"pool must be a psycopool pool; got {type(pool).__name__} {show(pool)}")
 
 
 def _creator(pool: Any) -> Callable[[], Any]:
