@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, get_origin
 from psycopool._args import as_count, as_seconds, as_timeout, show
 from psycopool._args import check_sizes as _check_sizes
 from psycopool._drivers import Driver, get_driver, hide_password
-from psycopool._engine import Engine, PooledConnection
+from psycopool._engine import Engine
+from psycopool._entries import PooledConnection
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout, flavoured
 from psycopool._loans import Loan, Stack, lent_locked, lent_summary, loans
 from psycopool._network import (

@@ -20,7 +20,7 @@ from psycopool._args import MAX_SECONDS
 from psycopool._base import CT, BasePool, positive
 from psycopool._borrowed import Borrowed
 from psycopool._drivers import IDLE, get_driver, hide_password
-from psycopool._engine import PooledConnection, Waiter, stale_return
+from psycopool._entries import PooledConnection, Waiter, stale_return
 from psycopool._errors import TooManyRequests
 from psycopool._health import RECENTLY_USED, ping
 from psycopool._loans import Stack

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic
 from psycopool._args import MAX_SECONDS
 from psycopool._base import CT, BasePool, positive
 from psycopool._drivers import IDLE, AsyncDriver, hide_password
-from psycopool._engine import FutureWaiter, PooledConnection
+from psycopool._entries import FutureWaiter, PooledConnection
 from psycopool._errors import PoolClosed, TooManyRequests
 from psycopool._health import RECENTLY_USED, aping, is_alive
 from psycopool._loans import Stack, borrower

@@ -9,7 +9,7 @@ from typing import Any
 from psycopool._args import MAX_SIZE
 from psycopool._base import CT, positive
 from psycopool._drivers import hide_password
-from psycopool._engine import PooledConnection
+from psycopool._entries import PooledConnection
 from psycopool._errors import PoolError, PoolTimeout
 from psycopool._pool_async import AsyncConnectionPool
 

@@ -28,7 +28,7 @@ from psycopool._base import (
 )
 from psycopool._borrowed import returning_class
 from psycopool._drivers import IDLE, INTRANS
-from psycopool._engine import PooledConnection
+from psycopool._entries import PooledConnection
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout
 from psycopool._health import ping
 from psycopool._lending import LendingPool

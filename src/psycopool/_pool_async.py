@@ -33,7 +33,8 @@ from psycopool._base import (
     positive,
 )
 from psycopool._drivers import IDLE, INTRANS, get_async_driver
-from psycopool._engine import Engine, PooledConnection
+from psycopool._engine import Engine
+from psycopool._entries import PooledConnection
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout
 from psycopool._health import aping
 from psycopool._lending_async import AsyncLendingPool, maybe_await

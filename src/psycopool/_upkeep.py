@@ -25,7 +25,8 @@ from collections.abc import Callable
 from psycopool._backoff import BACKOFF_WAITING_MAX, Backoff
 from psycopool._base import Settings
 from psycopool._drivers import hide_password
-from psycopool._engine import Engine, PooledConnection
+from psycopool._engine import Engine
+from psycopool._entries import PooledConnection
 
 logger = logging.getLogger("psycopool")
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from psycopool._backoff import Backoff
 from psycopool._base import Settings
-from psycopool._engine import Engine, PooledConnection
+from psycopool._engine import Engine
+from psycopool._entries import PooledConnection
 from psycopool._upkeep import record_failed_attempt, set_lifetime
 
 logger = logging.getLogger("psycopool")

@@ -27,7 +27,8 @@ from psycopool._args import as_int_like, as_seconds, show
 from psycopool._drivers import IDLE as _IDLE
 from psycopool._drivers import hide_password, masked_error
 from psycopool._drivers._psycopg2 import Psycopg2Driver
-from psycopool._engine import Engine, PooledConnection, stale_return
+from psycopool._engine import Engine
+from psycopool._entries import PooledConnection, stale_return
 from psycopool._errors import PoolError as _PoolErrorBase
 from psycopool._health import RECENTLY_USED
 from psycopool._loans import Loan
