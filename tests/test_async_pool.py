@@ -303,3 +303,21 @@ def test_abandoned_pool_warns_once_naming_it(arun, dsn: str, pg_server, app_name
         assert pg_server.wait_count(app_name, 0) == 0
 
     arun(main)
+
+
+def test_requests_num_counts_each_borrow_once(arun, dsn: str):
+    """A borrow served at once and one that waited are one request each (not two for a wait)."""
+
+    async def main() -> None:
+        async with AsyncConnectionPool(dsn, min_size=1, max_size=1) as pool:
+            await pool.wait()
+            held = await pool.getconn()  # served from the idle stack
+            waiter = asyncio.ensure_future(pool.getconn(timeout=5))
+            assert await until(lambda: pool.get_stats().get("requests_waiting", 0) == 1)
+            await pool.putconn(held)
+            await pool.putconn(await waiter)  # handed over after a wait
+            stats = pool.get_stats()
+            assert stats["requests_num"] == 2, stats
+            assert stats["requests_queued"] == 1, stats
+
+    arun(main)

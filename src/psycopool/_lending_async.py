@@ -82,9 +82,9 @@ class AsyncLendingPool(BasePool[CT]):
         try:
             lock.acquire()
             if self._usable:
-                self._requests_num += 1
                 idle = engine.idle
                 if idle:
+                    self._requests_num += 1  # else counted by _getconn
                     taken = idle[-1]
                     ident = id(taken.conn)
                     engine.in_use[ident] = taken
