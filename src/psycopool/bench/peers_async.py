@@ -30,14 +30,17 @@ class AsyncPeer(Peer):
     async def aopen(self, dsn: str, min_size: int, max_size: int) -> None:
         raise NotImplementedError
 
+    # The defaults fit a pool object with psycopg_pool's getconn/putconn/close.
+
     async def aget(self) -> Any:
-        raise NotImplementedError
+        return await self.pool.getconn()
 
     async def aput(self, conn: Any) -> None:
-        raise NotImplementedError
+        await self.pool.putconn(conn)
 
     async def aclose(self) -> None:
-        raise NotImplementedError
+        if self.pool is not None:
+            await self.pool.close()
 
     @contextlib.asynccontextmanager
     async def _get_put(self) -> AsyncIterator[Any]:  # type: ignore[override]
@@ -73,13 +76,6 @@ class PsycopoolAsyncPeer(AsyncPeer):
     async def aget(self) -> Any:
         return await self.pool.getconn(_GET_TIMEOUT)
 
-    async def aput(self, conn: Any) -> None:
-        await self.pool.putconn(conn)
-
-    async def aclose(self) -> None:
-        if self.pool is not None:
-            await self.pool.close()
-
     def aconnection(self) -> AbstractAsyncContextManager[Any]:
         cm: AbstractAsyncContextManager[Any] = self.pool.connection(_GET_TIMEOUT)
         return cm
@@ -106,16 +102,6 @@ class PsycopgPoolAsyncPeer(AsyncPeer):
             dsn, min_size=min_size, max_size=max_size, open=False, timeout=_GET_TIMEOUT
         )
         await self.pool.open(wait=True, timeout=60.0)
-
-    async def aget(self) -> Any:
-        return await self.pool.getconn()
-
-    async def aput(self, conn: Any) -> None:
-        await self.pool.putconn(conn)
-
-    async def aclose(self) -> None:
-        if self.pool is not None:
-            await self.pool.close()
 
     def aconnection(self) -> AbstractAsyncContextManager[Any]:
         cm: AbstractAsyncContextManager[Any] = self.pool.connection()
@@ -297,16 +283,6 @@ class FloorAsyncPeer(AsyncPeer):
     async def aopen(self, dsn: str, min_size: int, max_size: int) -> None:
         self.pool = FifoFuturePool()
         await self.pool.open(dsn, max_size)
-
-    async def aget(self) -> Any:
-        return await self.pool.getconn()
-
-    async def aput(self, conn: Any) -> None:
-        await self.pool.putconn(conn)
-
-    async def aclose(self) -> None:
-        if self.pool is not None:
-            await self.pool.close()
 
 
 class _FloorBorrowed:
