@@ -344,22 +344,23 @@ class BasePool(Generic[CT]):
 
     def get_stats(self) -> dict[str, int]:
         """Gauges and counters, with psycopg_pool's names plus psycopool's own (see the docs)."""
-        with self._engine.lock:
-            return self._stats_locked()
+        return self._engine.still(self._stats_locked)
 
     stats = get_stats
 
     def pop_stats(self) -> dict[str, int]:
         """:meth:`get_stats`, then set the counters (not the gauges) back to zero."""
+        return self._engine.still(self._pop_stats_locked)
+
+    def _pop_stats_locked(self) -> dict[str, int]:
         engine = self._engine
-        with engine.lock:
-            stats = self._stats_locked()
-            self._requests_num = self._requests_queued = self._requests_wait_ms = 0
-            self._requests_errors = self._returns_bad = 0
-            self._usage = 0.0
-            engine.connections_num = engine.connections_ms = 0
-            engine.connections_errors = engine.connections_lost = 0
-            self._settings.counters.clear()
+        stats = self._stats_locked()
+        self._requests_num = self._requests_queued = self._requests_wait_ms = 0
+        self._requests_errors = self._returns_bad = 0
+        self._usage = 0.0
+        engine.connections_num = engine.connections_ms = 0
+        engine.connections_errors = engine.connections_lost = 0
+        self._settings.counters.clear()
         return stats
 
     def _stats_locked(self) -> dict[str, int]:

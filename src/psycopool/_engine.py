@@ -23,7 +23,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from psycopool._drivers import Driver
 from psycopool._entries import PooledConnection, Waiter
@@ -39,6 +39,14 @@ if TYPE_CHECKING:
     pass
 
 Clock = Callable[[], float]
+T = TypeVar("T")
+
+
+class Owner(Protocol):
+    """The thread that owns a pool's books, for readers on other threads (see Engine.still)."""
+
+    def run(self, fn: Callable[[], T], lock: threading.RLock) -> tuple[bool, T | None]:
+        """``(True, fn())`` run by the owner under ``lock``; ``(False, None)``: run it here."""
 
 
 class Engine:
@@ -66,7 +74,15 @@ class Engine:
         #: interrupt landed (before the acquire completed, after the section's own
         #: release) the lock ends free, and another thread's hold is never freed.
         #: The engine never takes its lock re-entrantly.
+        #:
+        #: An asyncio pool's books are written only on its event loop's thread
+        #: (asyncio objects belong to one thread), so its hot paths skip the lock:
+        #: nothing can run between their steps but an interrupt, and the rule
+        #: below for the idle stack covers that. Its locked sections still take
+        #: the lock; readers on other threads go through :meth:`still`.
         self.lock = threading.RLock()
+        #: Set by an asyncio pool: runs another thread's reader on the loop.
+        self.owner: Owner | None = None
         #: A list, its top at the end. The hot paths record a connection in use
         #: before popping it: an interrupt lands only after a call returns, so
         #: it never finds a connection on neither side of the books.
@@ -101,8 +117,8 @@ class Engine:
         #: The pool's name, for log lines.
         self.name = "pool"
         #: Set by psycopool.metrics (see _timings.py); while None nothing is recorded.
-        #: Front doors append, under the lock: each returned connection's use time
-        #: (seconds) to ``use_times``; give_back_locked() records each handoff's wait.
+        #: Front doors append, where they write the books: each returned connection's
+        #: use time (seconds) to ``use_times``; hand_locked() records each handoff's wait.
         self.timings: Timings | None = None
         self.use_times: list[float] | None = None
         self.wait_times: list[float] | None = None
@@ -115,6 +131,20 @@ class Engine:
     def size(self) -> int:
         """Connections that exist for this pool: idle, in use, being opened, cleaned or closed."""
         return len(self.idle) + len(self.in_use) + self.pending + self.closing
+
+    def still(self, fn: Callable[[], T]) -> T:
+        """``fn()`` with the books holding still, from any thread: how readers read.
+
+        Under the lock; for an asyncio pool called from another thread, on the
+        loop too, since its hot paths don't take the lock (see :attr:`lock`).
+        """
+        owner = self.owner
+        if owner is not None:
+            ran, value = owner.run(fn, self.lock)
+            if ran:
+                return value  # type: ignore[return-value]
+        with self.lock:
+            return fn()
 
     # -- opening -------------------------------------------------------------
 
@@ -216,32 +246,37 @@ class Engine:
     def give_back_locked(self, entry: PooledConnection, now: float) -> None:
         """A clean connection goes to the oldest waiter, else on top of the idle stack. Lock held.
 
-        The caller has already removed it from ``in_use`` or ``pending``.
+        A returned one may still be in ``in_use``, and is best left there: it is
+        then counted wherever an interrupt lands (see :meth:`hand_locked`). One
+        from ``pending`` has been taken off it by the caller.
         """
-        if not (self.waiters and self.hand_locked(entry, now)):
-            entry.idle_since = now
-            self.idle.append(entry)
+        if self.waiters and self.hand_locked(entry, now):
+            return
+        entry.idle_since = now
+        self.idle.append(entry)
+        self.in_use.pop(id(entry.conn), None)  # after the append: never on neither side
 
     def hand_locked(self, entry: PooledConnection, now: float) -> bool:
-        """Hand a clean connection to the oldest waiter still waiting; False if none. Lock held."""
+        """Hand a clean connection to the oldest waiter still waiting; False if none. Lock held.
+
+        The entry is in ``in_use`` from before any waiter can have it, and stays
+        there on False, for the caller to move.
+        """
         waiters = self.waiters
-        in_use = self.in_use
+        # Counted in use before the waiter has it, with stores only: an interrupt
+        # landing in hand() leaves the books right.
+        entry.borrowed_at = now
+        entry.owner = 0  # in transit: the waiter makes itself the owner
+        self.in_use[id(entry.conn)] = entry
         while waiters:
             # A thread waiter that times out removes itself under the lock, so the
             # handoff can't be lost; a task that stopped waiting is skipped.
             waiter = waiters[0]
-            ident = id(entry.conn)
-            # Counted in use before the waiter has it, with stores only: an
-            # interrupt landing in hand() leaves the books right.
-            entry.borrowed_at = now
-            entry.owner = 0  # in transit: the waiter makes itself the owner
-            in_use[ident] = entry
-            del waiters[0]
+            del waiters[0]  # not popleft(): an interrupt can land when a call returns
             if waiter.hand(entry):
                 if self.wait_times is not None:
                     self.wait_times.append(time.monotonic() - waiter.since)
                 return True
-            del in_use[ident]
         return False
 
     def retire_locked(self, *entries: PooledConnection, reason: str | None = None) -> None:
@@ -336,8 +371,7 @@ class Engine:
 
     def lent(self) -> list[Loan]:
         """The connections lent now, longest held first (see ``_loans.py``)."""
-        with self.lock:
-            raw = lent_locked(self, self.clock())
+        raw = self.still(lambda: lent_locked(self, self.clock()))
         return loans(raw)
 
     # -- idle expiry ---------------------------------------------------------

@@ -359,11 +359,11 @@ class LendingPool(BasePool[CT]):
                     entry.returner = me
                     self._usage += held
                     entry.conn = c
-                    del engine.in_use[ident]
-                    if engine.waiters:
+                    if engine.waiters:  # handed over from in_use: never off the books
                         engine.give_back_locked(entry, now)
                     else:  # Engine.give_back_locked(), its common branch inlined
                         entry.idle_since = now
+                        del engine.in_use[ident]
                         engine.idle.append(entry)
                     lock.release()
                     return
@@ -417,16 +417,17 @@ class LendingPool(BasePool[CT]):
             entry.returner = me
             self._usage += held
             entry.conn = c
-            del engine.in_use[ident]
             if fast:
                 # The usual case, decided under one lock with no I/O:
                 # Engine.give_back_locked(), its common branch inlined.
-                if engine.waiters:
+                if engine.waiters:  # handed over from in_use: never off the books
                     engine.give_back_locked(entry, now)
                 else:
                     entry.idle_since = now
+                    del engine.in_use[ident]
                     engine.idle.append(entry)
                 return
+            del engine.in_use[ident]
             engine.pending += 1
             reserved = [True]
         try:

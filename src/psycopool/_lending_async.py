@@ -1,12 +1,13 @@
 """Borrowing and returning: the hot path of :class:`~psycopool.AsyncConnectionPool`.
 
-``getconn`` takes the lock, pops the warmest idle connection and lends it
-without an ``await`` that suspends; a borrower that finds none queues (FIFO)
-as a future, handed a connection by the next return or by a connector task.
-``putconn`` keeps a clean connection under the same lock (or hands it to the
-oldest waiter), else cleans it outside the lock. Every interruption (a cancel,
-a timeout) on these paths gives the connection back or closes it, then
-re-raises: see the cancellation notes in ``_pool_async.py``.
+``getconn`` pops the warmest idle connection and lends it without an ``await``
+that suspends; a borrower that finds none queues (FIFO) as a future, handed a
+connection by the next return or by a connector task. ``putconn`` keeps a clean
+connection (or hands it to the oldest waiter), else cleans it outside the lock.
+Their usual paths take no lock: the books are the loop thread's (see
+``Engine.lock``); the rest takes it, for readers on other threads. Every
+interruption (a cancel, a timeout) on these paths gives the connection back or
+closes it, then re-raises: see the cancellation notes in ``_pool_async.py``.
 """
 
 from __future__ import annotations
@@ -74,29 +75,17 @@ class AsyncLendingPool(BasePool[CT]):
         if timeout is not None and (type(timeout) is not float or not 0.0 < timeout <= MAX_SECONDS):
             timeout = positive("timeout", timeout)  # checked in full only if unusual
         engine = self._engine
-        lock = engine.lock
         entry = None
-        # The lock by the rule stated at Engine.lock (no `with`: it costs as much
-        # again); the books change with stores only, so even a KeyboardInterrupt
-        # landing here leaves them right.
-        try:
-            lock.acquire()
-            if self._usable:
-                idle = engine.idle
-                if idle:
-                    self._requests_num += 1  # else counted by _getconn
-                    taken = idle[-1]
-                    ident = id(taken.conn)
-                    engine.in_use[ident] = taken
-                    entry = taken
-                    idle.pop()  # last: an interrupt can land only after it returns
-            lock.release()
-        except BaseException:
-            try:  # inline, not a function: an interrupt can land at a call's entry
-                lock.release()
-            except RuntimeError:
-                pass  # not held by this thread: released already, or never taken
-            raise
+        # No lock: only the loop's thread writes the books (see Engine.lock), and
+        # the entry is recorded in use before it leaves the idle stack.
+        if self._usable:
+            idle = engine.idle
+            if idle:
+                self._requests_num += 1  # else counted by _getconn
+                taken = idle[-1]
+                engine.in_use[id(taken.conn)] = taken
+                entry = taken
+                idle.pop()  # last: an interrupt can land only after it returns
         if entry is not None:
             clock = engine.clock
             now = clock()
@@ -317,55 +306,43 @@ class AsyncLendingPool(BasePool[CT]):
     async def putconn(self, conn: Any) -> None:
         """Return a borrowed connection: cleaned and kept (or handed to a waiter), or closed."""
         engine = self._engine
-        lock = engine.lock
-        # The usual return, decided in one short section with no I/O and no await;
-        # anything else takes _putconn_slow, which decides again from the start.
-        try:
-            lock.acquire()
-            ident = id(conn)
-            entry = engine.in_use.get(ident)
-            if entry is not None and self._rollback_only and self._usable and not self._shrinking:
-                clock = engine.clock
-                now = clock()
-                # (No epoch test: drain() gives lent connections an expiry in the past.)
-                try:
-                    # PsycopgInspector.is_clean() inlined: the fields behind psycopg's
-                    # public properties (a future psycopg without them: the driver's).
-                    clean = (
-                        conn.pgconn.transaction_status == IDLE
-                        and (
-                            conn._autocommit,
-                            conn._isolation_level,
-                            conn._read_only,
-                            conn._deferrable,
-                        )
-                        == entry.state
+        # The usual return, decided with no I/O and no await, and no lock (see
+        # getconn); anything else takes _putconn_slow, which decides again.
+        ident = id(conn)
+        entry = engine.in_use.get(ident)
+        if entry is not None and self._rollback_only and self._usable and not self._shrinking:
+            now = engine.clock()
+            # (No epoch test: drain() gives lent connections an expiry in the past.)
+            try:
+                # PsycopgInspector.is_clean() inlined: the fields behind psycopg's
+                # public properties (a future psycopg without them: the driver's).
+                clean = (
+                    conn.pgconn.transaction_status == IDLE
+                    and (
+                        conn._autocommit,
+                        conn._isolation_level,
+                        conn._read_only,
+                        conn._deferrable,
                     )
-                except AttributeError:
-                    clean = self._is_clean(conn, entry.state)
-                if clean and now < entry.expires_at:
-                    held = now - entry.borrowed_at
-                    use_times = engine.use_times
-                    if use_times is not None:  # an exporter is attached (see _timings.py)
-                        use_times.append(held)
-                    # Decided: the books change with stores only.
-                    self._usage += held
-                    entry.conn = conn
+                    == entry.state
+                )
+            except AttributeError:
+                clean = self._is_clean(conn, entry.state)
+            if clean and now < entry.expires_at:
+                held = now - entry.borrowed_at
+                use_times = engine.use_times
+                if use_times is not None:  # an exporter is attached (see _timings.py)
+                    use_times.append(held)
+                # Decided: the books change with stores, the call last.
+                self._usage += held
+                entry.conn = conn
+                if engine.waiters:  # handed over from in_use: never off the books
+                    engine.give_back_locked(entry, now)
+                else:  # Engine.give_back_locked(), its common branch inlined
+                    entry.idle_since = now
                     del engine.in_use[ident]
-                    if engine.waiters:
-                        engine.give_back_locked(entry, now)
-                    else:  # Engine.give_back_locked(), its common branch inlined
-                        entry.idle_since = now
-                        engine.idle.append(entry)
-                    lock.release()
-                    return
-            lock.release()
-        except BaseException:
-            try:  # inline, by the rule stated at Engine.lock
-                lock.release()
-            except RuntimeError:
-                pass
-            raise
+                    engine.idle.append(entry)
+                return
         await self._putconn_slow(conn)
 
     async def _putconn_slow(self, conn: Any) -> None:

@@ -48,6 +48,7 @@ class AsyncNullConnectionPool(AsyncConnectionPool[CT]):
         if engine.waiters and engine.hand_locked(entry, now):
             return True
         engine.retire_locked(entry)
+        engine.in_use.pop(id(entry.conn), None)  # left there by hand_locked, or a return's
         return False
 
     async def getconn(self, timeout: float | None = None) -> CT:

@@ -2,8 +2,9 @@
 
 The same engine as the other front doors keeps the books; only waiting and
 background work differ: a waiter is a future, upkeep and connecting are tasks.
-The engine's lock is a ``threading.Lock``, never held across an ``await``
-(nothing under it does I/O), so it costs an uncontended acquire on the loop.
+The books belong to the loop's thread: the hot paths skip the engine's lock,
+the other sections take it (never across an ``await``: nothing under it does
+I/O), and readers on other threads run on the loop (``_loop_owner.py``).
 
 Cancellation: a task cancelled (or timed out) while waiting leaves the queue;
 one cancelled at the instant a connection was handed to it gives it back; one
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import time
 import warnings
 import weakref
@@ -38,6 +40,7 @@ from psycopool._entries import PooledConnection
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout
 from psycopool._health import aping
 from psycopool._lending_async import AsyncLendingPool, maybe_await
+from psycopool._loop_owner import LoopOwner
 from psycopool._network import DEFAULT_NETWORK_TIMEOUT, interrupt, with_defaults
 from psycopool._pooler import Pooler, connect_kwargs
 from psycopool._upkeep_async import AsyncUpkeep, weak_method
@@ -218,6 +221,8 @@ class AsyncConnectionPool(AsyncLendingPool[CT]):
                 " in the loop that uses it",
             ) from None
         self._loop = loop
+        # From now on the books are this thread's (see Engine.lock and _loop_owner.py).
+        self._engine.owner = LoopOwner(loop, threading.get_ident())
         self._opened = True
         self._usable = True
         self._upkeep.start(loop, weak_method(self._upkeep_pass))

@@ -89,12 +89,17 @@ class Timings:
         self._returns = 0  # use-time samples drained so far
         self._waited = 0  # wait-time samples drained so far
         self._immediate = 0  # borrows counted in the first wait bucket so far
-        with engine.lock:
-            # Loans already out when we attach were not borrowed under our watch.
-            self._base = len(engine.in_use)
-            engine.use_times = []
-            engine.wait_times = []
-            engine.create_times = []
+        self._base = 0
+        engine.still(self._attach)
+
+    def _attach(self) -> None:
+        """Start recording (books still)."""
+        engine = self._engine
+        # Loans already out when we attach were not borrowed under our watch.
+        self._base = len(engine.in_use)
+        engine.use_times = []
+        engine.wait_times = []
+        engine.create_times = []
 
     def add_sink(self, sink: Sink) -> None:
         with self._lock:
@@ -107,22 +112,14 @@ class Timings:
 
     def drain(self) -> None:
         """Take the recorded samples, bucket them and hand them to every sink."""
-        engine = self._engine
+        # Taken with the books still (on an asyncio pool's loop), bucketed after
+        # under our own lock: a reader waiting for the loop holds no lock the
+        # loop's thread may want.
+        taken = self._engine.still(self._take)
+        if taken is None:
+            return  # detached
+        use, wait, create, zeros = taken
         with self._lock:
-            with engine.lock:
-                use, wait, create = engine.use_times, engine.wait_times, engine.create_times
-                if use is None or wait is None or create is None:
-                    return  # detached
-                engine.use_times, engine.wait_times, engine.create_times = [], [], []
-                lent = len(engine.in_use)
-            self._returns += len(use)
-            self._waited += len(wait)
-            # Every loan is either still out or was returned (one use sample each); those
-            # that waited left a wait sample. A handoff seen before its waiter woke counts
-            # as immediate until then: keep the count monotonic and let it catch up.
-            immediate = self._returns + lent - self._base - self._waited
-            zeros = max(0, immediate - self._immediate)
-            self._immediate += zeros
             self.use.add(use)
             self.wait.add(wait, zeros)
             self.create.add(create)
@@ -130,6 +127,23 @@ class Timings:
                 sink("use", use, 0)
                 sink("wait", wait, zeros)
                 sink("create", create, 0)
+
+    def _take(self) -> tuple[list[float], list[float], list[float], int] | None:
+        """Swap the engine's sample lists for empty ones (books still); count the immediates."""
+        engine = self._engine
+        use, wait, create = engine.use_times, engine.wait_times, engine.create_times
+        if use is None or wait is None or create is None:
+            return None
+        engine.use_times, engine.wait_times, engine.create_times = [], [], []
+        self._returns += len(use)
+        self._waited += len(wait)
+        # Every loan is either still out or was returned (one use sample each); those
+        # that waited left a wait sample. A handoff seen before its waiter woke counts
+        # as immediate until then: keep the count monotonic and let it catch up.
+        immediate = self._returns + len(engine.in_use) - self._base - self._waited
+        zeros = max(0, immediate - self._immediate)
+        self._immediate += zeros
+        return use, wait, create, zeros
 
     def snapshot(self, name: str) -> tuple[list[int], float]:
         """Histogram ``name`` ("wait", "use", "create"): cumulative counts and sum, consistent."""

@@ -58,7 +58,8 @@ class PoolView:
         else:
             idle_min = pool.min_size
             idle_max = pool.max_size
-        with engine.lock:
+
+        def read() -> Gauges:
             now = engine.clock()
             oldest = min((e.borrowed_at for e in engine.in_use.values()), default=now)
             return Gauges(
@@ -71,6 +72,8 @@ class PoolView:
                 timeouts=engine.timeouts,
                 longest_held=max(0.0, now - oldest),
             )
+
+        return engine.still(read)
 
     def stats(self) -> dict[str, int] | None:
         pool = self._pool()
