@@ -18,6 +18,26 @@ def test_default_max_size_is_accepted_and_lends(dsn: str) -> None:
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
+@pytest.mark.parametrize("unbounded", [None, 0])
+def test_no_bound_is_none_or_0_and_reported_as_0(dsn: str, unbounded: int | None) -> None:
+    """psycopg_pool's rule and report: max_size None or 0 is no bound, shown as 0."""
+
+    async def main() -> None:
+        async with AsyncNullConnectionPool(dsn, max_size=unbounded) as pool:
+            held = [await pool.getconn() for _ in range(3)]  # more than any small bound
+            assert pool.max_size == 0 and pool.get_stats()["pool_max"] == 0
+            for conn in held:
+                await pool.putconn(conn)
+            await pool.resize(0, 2)
+            assert pool.max_size == 2 and pool.get_stats()["pool_max"] == 2
+            await pool.resize(0, 0)
+            assert pool.max_size == 0
+        with pytest.raises(ValueError, match="min_size must be 0 for a null pool; got min_size=1"):
+            AsyncNullConnectionPool(dsn, min_size=1)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
 def test_connection_opened_for_a_borrower_still_expires(dsn: str) -> None:
     """max_lifetime applies to a connection the null pool opened for a borrower, handed on."""
 

@@ -194,7 +194,9 @@ def test_null_pool_keeps_nothing(pg_server: Any, app_name: str, dsn: str, driver
         pool.putconn(a)
         pool.putconn(b)
         assert pg_server.wait_count(app_name, 0) == 0
-    assert NullConnectionPool(dsn, open=False).max_size == 0  # unbounded, as psycopg_pool
+    for unbounded in (None, 0):  # no bound, reported as 0, as psycopg_pool
+        with NullConnectionPool(dsn, max_size=unbounded, driver=driver) as pool:
+            assert pool.max_size == 0 and pool.get_stats()["pool_max"] == 0
 
 
 # -- an abandoned pool ----------------------------------------------------------------------

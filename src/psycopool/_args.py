@@ -20,6 +20,21 @@ MAX_SIZE = 262_143
 MAX_SECONDS = 1e9
 
 
+def null_sizes(min_size: Any, max_size: Any) -> tuple[int, Any]:
+    """A null pool's sizes: ``min_size`` 0; ``max_size`` None or 0 is no bound (psycopg_pool's
+    rule), kept as :data:`MAX_SIZE` and reported as 0 (see :func:`reported_max`)."""
+    if min_size != 0 or isinstance(min_size, bool):
+        raise ValueError(f"min_size must be 0 for a null pool; got min_size={show(min_size)}")
+    if max_size is None or (max_size == 0 and not isinstance(max_size, bool)):
+        max_size = MAX_SIZE
+    return 0, max_size
+
+
+def reported_max(max_size: int) -> int:
+    """A null pool's ``max_size`` as psycopg_pool reports it: 0 when there is no bound."""
+    return 0 if max_size == MAX_SIZE else max_size
+
+
 def show(value: Any) -> str:
     """``repr(value)`` with any password masked, for error messages."""
     return hide_password(repr(value))

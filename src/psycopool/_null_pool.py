@@ -14,14 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from psycopool._args import MAX_SIZE
+from psycopool._args import null_sizes, reported_max
 from psycopool._base import CT, DEFAULT_NUM_WORKERS, CheckPolicy, Chores, ResetPolicy, positive
 from psycopool._network import DEFAULT_NETWORK_TIMEOUT
 from psycopool._pool import ConnectionPool
 from psycopool._pooler import Pooler
-
-#: ``max_size=None`` (or 0): no bound, as in psycopg_pool.
-UNBOUNDED = MAX_SIZE
 
 
 class NullConnectionPool(ConnectionPool[CT]):
@@ -55,7 +52,7 @@ class NullConnectionPool(ConnectionPool[CT]):
         close_returns: bool = False,
         open: bool = True,
     ) -> None:
-        min_size, max_size = _null_sizes(min_size, max_size)
+        min_size, max_size = null_sizes(min_size, max_size)
         super().__init__(
             conninfo,
             kwargs=kwargs,
@@ -84,8 +81,12 @@ class NullConnectionPool(ConnectionPool[CT]):
     @property
     def max_size(self) -> int:
         """0 when unbounded (psycopg_pool's convention)."""
-        size = self._engine.max_size
-        return 0 if size == UNBOUNDED else size
+        return reported_max(self._engine.max_size)
+
+    def _stats_locked(self) -> dict[str, int]:
+        stats = super()._stats_locked()
+        stats["pool_max"] = reported_max(stats["pool_max"])
+        return stats
 
     def wait(self, timeout: float = 30.0) -> None:
         """Open one connection and close it: the server can be reached (else PoolTimeout)."""
@@ -93,7 +94,7 @@ class NullConnectionPool(ConnectionPool[CT]):
 
     def resize(self, min_size: int, max_size: int | None = None) -> None:
         """Change ``max_size`` (``min_size`` stays 0)."""
-        min_size, max_size = _null_sizes(min_size, max_size)
+        min_size, max_size = null_sizes(min_size, max_size)
         super().resize(min_size, max_size)
 
     def _decide_upkeep_locked(self, now: float, check_all: bool = False) -> Chores:
@@ -105,11 +106,3 @@ class NullConnectionPool(ConnectionPool[CT]):
         engine.retire_locked(*idle)
         chores.to_close.extend(idle)
         return chores
-
-
-def _null_sizes(min_size: Any, max_size: Any) -> tuple[Any, Any]:
-    if min_size != 0 or isinstance(min_size, bool):
-        raise ValueError(f"a NullConnectionPool's min_size must be 0; got {min_size!r}")
-    if max_size is None or (max_size == 0 and not isinstance(max_size, bool)):
-        max_size = UNBOUNDED
-    return min_size, max_size

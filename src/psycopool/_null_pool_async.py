@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from psycopool._args import MAX_SIZE
+from psycopool._args import null_sizes, reported_max
 from psycopool._base import CT, positive
 from psycopool._drivers import hide_password
 from psycopool._entries import PooledConnection
@@ -26,21 +26,25 @@ class AsyncNullConnectionPool(AsyncConnectionPool[CT]):
     def __init__(
         self, conninfo: Any = "", *, min_size: int = 0, max_size: int | None = None, **kwargs: Any
     ) -> None:
-        if min_size != 0:
-            raise ValueError(f"min_size must be 0 for a null pool; got {min_size!r}")
-        if max_size is None:
-            max_size = MAX_SIZE  # "no bound": the largest size the argument checks accept
+        min_size, max_size = null_sizes(min_size, max_size)
         kwargs.pop("close_returns", None)  # closing is what a return does here anyway
         super().__init__(conninfo, min_size=0, max_size=max_size, **kwargs)
         self._rollback_only = False  # every return takes the path that may close
 
     async def resize(self, min_size: int, max_size: int | None = None) -> None:
         """Change ``max_size`` (``None`` or 0: no bound); ``min_size`` must stay 0."""
-        if min_size != 0 or isinstance(min_size, bool):
-            raise ValueError(f"min_size must be 0 for a null pool; got {min_size!r}")
-        if max_size is None or (max_size == 0 and not isinstance(max_size, bool)):
-            max_size = MAX_SIZE
-        await super().resize(0, max_size)
+        min_size, max_size = null_sizes(min_size, max_size)
+        await super().resize(min_size, max_size)
+
+    @property
+    def max_size(self) -> int:
+        """0 when unbounded (psycopg_pool's convention)."""
+        return reported_max(self._engine.max_size)
+
+    def _stats_locked(self) -> dict[str, int]:
+        stats = super()._stats_locked()
+        stats["pool_max"] = reported_max(stats["pool_max"])
+        return stats
 
     def _give_back_locked(self, entry: PooledConnection, now: float) -> bool:
         """To the oldest waiter; with none, retired (the caller closes it). Lock held."""

@@ -312,11 +312,6 @@ VERDICTS: dict[str, tuple[str, str]] = {
     ),
     "test_pool_common.py::test_check_connection[NullConnectionPool-True]": _CHECK_CONNECTION,
     "test_pool_common.py::test_check_connection[NullConnectionPool-False]": _CHECK_CONNECTION,
-    "test_pool_null.py::test_default_sizes": (
-        "naming",
-        "`max_size=None` (no bound) is reported as `max_size == 262143` (psycopool's MAX_SIZE);"
-        " psycopg_pool reports 0",
-    ),
     "test_pool_null.py::test_wait_ready": _NULL_WAIT,
     "test_pool_null.py::test_reset": _WAITING,
     "test_pool_null.py::test_reset_badstate": _WAITING,
