@@ -112,6 +112,36 @@ def test_close_waits_for_a_connection_returned_within_timeout(
     assert pg_server.wait_count(app_name, 0) == 0
 
 
+def test_close_timeout_bounds_the_whole_close(pg_server: Any, app_name: str, dsn: str):
+    """close(timeout) waits ``timeout`` in all, not once for loans and again for its threads.
+
+    Regression: a connector stuck connecting (here in the conninfo callable) made close()
+    wait ``timeout`` for the lent connection, then ``timeout`` again for the connector.
+    """
+    gate = threading.Event()
+    calls = [0]
+
+    def conninfo() -> str:
+        calls[0] += 1
+        if calls[0] > 1:
+            gate.wait(30)  # the second connector is stuck until the test ends
+        return dsn
+
+    pool = ConnectionPool(conninfo, min_size=2, max_size=2)
+    try:
+        wait_until(lambda: calls[0] == 2)
+        held = pool.getconn(timeout=5)
+        started = time.monotonic()
+        pool.close(timeout=2.0)
+        took = time.monotonic() - started
+        assert held.closed
+        assert took < 3.0, f"close(timeout=2.0) took {took:.1f} s"  # it was 4 s and more
+    finally:
+        gate.set()
+    # The connector, unstuck, closes what it opens: nothing is left on the server.
+    assert pg_server.wait_count(app_name, 0) == 0
+
+
 def test_connection_returned_after_close_timeout_is_closed_quietly(
     pg_server: Any, app_name: str, dsn: str
 ):

@@ -37,6 +37,9 @@ from psycopool._pooler import Pooler
 from psycopool._upkeep import Upkeep
 
 logger = logging.getLogger("psycopool")
+
+#: Seconds close() gives its threads to end once told to, even past its deadline.
+STOP_GRACE = 0.1
 _Pool = TypeVar("_Pool", bound="ConnectionPool[Any]")
 
 
@@ -205,9 +208,12 @@ class ConnectionPool(LendingPool[CT]):
 
         Waiters get :class:`PoolClosed`. Lent connections are closed when they
         come back; those still out after ``timeout`` seconds are closed then,
-        so no connection is left open on the server.
+        so no connection is left open on the server. Returns within about
+        ``timeout`` seconds: a connector thread still connecting then is left
+        to close what it opens.
         """
         timeout = as_timeout("timeout", timeout, allow_zero=True)
+        deadline = time.monotonic() + timeout
         engine = self._engine
         with engine.lock:
             if self._closed:
@@ -223,7 +229,6 @@ class ConnectionPool(LendingPool[CT]):
         for waiter in waiters:
             waiter.wake()
         engine.close(idle)
-        deadline = time.monotonic() + timeout
         while True:
             with engine.lock:
                 if engine.dropped:  # lent, then garbage-collected: not coming back
@@ -250,7 +255,8 @@ class ConnectionPool(LendingPool[CT]):
                 timeout,
             )
         engine.close(leftovers)
-        still_running = self._upkeep.stop(timeout)
+        # What is left of the deadline (a moment at least, to see the threads end).
+        still_running = self._upkeep.stop(max(STOP_GRACE, deadline - time.monotonic()))
         if still_running:
             logger.warning(
                 "pool %r: %d threads did not stop in time", self.name, len(still_running)

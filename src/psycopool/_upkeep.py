@@ -80,9 +80,9 @@ class Upkeep:
         self._wake.set()
         threads = [t for t in list(self._threads) if t is not threading.current_thread()]
         if timeout is not None:
-            deadline = self._engine.clock() + timeout
+            deadline = time.monotonic() + timeout  # a real wait: not the pool's clock
             for thread in threads:
-                thread.join(max(0.0, deadline - self._engine.clock()))
+                thread.join(max(0.0, deadline - time.monotonic()))
         return [t for t in threads if t.is_alive()]
 
     def reset_after_fork(self, pass_fn: Callable[[], object] | None) -> None:
