@@ -25,15 +25,20 @@ import psycopg2
 
 from psycopool._args import as_int_like, as_seconds, show
 from psycopool._drivers import IDLE as _IDLE
-from psycopool._drivers import hide_password, masked_error
+from psycopool._drivers import (
+    hide_password,  # noqa: F401 (kept in this namespace: its user moved to _dropin_upkeep.py)
+    masked_error,
+)
 from psycopool._drivers._psycopg2 import Psycopg2Driver
+from psycopool._dropin_lending import _CLEAN, _CLOSE, _KEEP, _NOTHING, DropinLending
+from psycopool._dropin_upkeep import PoolError
 from psycopool._engine import Engine
 from psycopool._entries import PooledConnection, stale_return
-from psycopool._errors import PoolError as _PoolErrorBase
+from psycopool._errors import PoolError as _PoolErrorBase  # noqa: F401 (as hide_password)
 from psycopool._health import RECENTLY_USED
 from psycopool._loans import Loan
 from psycopool._network import check_network_timeout, network_options, with_defaults
-from psycopool._reset import clean
+from psycopool._reset import clean  # noqa: F401 (as hide_password)
 
 __all__ = [
     "AbstractConnectionPool",
@@ -45,24 +50,13 @@ __all__ = [
 logger = logging.getLogger("psycopool")
 _get_ident = threading.get_ident
 
-# What a return does with the connection (_putconn).
-_NOTHING, _KEEP, _CLOSE, _CLEAN = range(4)
 # Never appended to (expiry runs only with an idle_timeout): no list per call on the hot path.
 _NO_EXPIRY: list[PooledConnection] = []
 _driver = Psycopg2Driver()
 _names = itertools.count(1)
 
 
-class PoolError(_PoolErrorBase, psycopg2.Error):
-    """Raised by the pool itself: exhausted, closed, or a connection it did not lend.
-
-    A subclass of :class:`psycopg2.Error`, as in psycopg2, so existing
-    ``except psycopg2.Error`` blocks still catch it, and of
-    :class:`psycopool.PoolError`.
-    """
-
-
-class AbstractConnectionPool:
+class AbstractConnectionPool(DropinLending):
     """Key-based pooling shared by the Simple and Threaded pools.
 
     ``minconn`` connections are opened at once and kept; at most ``maxconn``
@@ -150,13 +144,6 @@ class AbstractConnectionPool:
                 raise
         raise masked from None  # outside the handler: the original isn't chained
 
-    def _getkey(self) -> int:
-        """The next generated key, skipping integer keys a caller has checked out."""
-        self._keys += 1
-        while self._keys in self._used:
-            self._keys += 1
-        return self._keys
-
     # -- getconn -------------------------------------------------------------
 
     # Interrupt safety: a KeyboardInterrupt (or any asynchronous exception) is
@@ -166,7 +153,8 @@ class AbstractConnectionPool:
     # (pending: connecting or cleaning; closing) is released in a handler, and
     # the lock is taken with ``with``, or, on the hot paths, by the rule stated
     # at ``Engine.lock`` (an RLock acquired inside the ``try``, released inline
-    # by the handler).
+    # by the handler). The slow paths in _dropin_lending.py and _dropin_upkeep.py
+    # follow the same rule.
 
     def _getconn(self, key: Any = None) -> Any:
         me = _get_ident()
@@ -231,71 +219,6 @@ class AbstractConnectionPool:
                 entry.borrowed_at = now
                 return conn
             self._drop_dead(entry)
-
-    def _drop_dead(self, entry: PooledConnection) -> None:
-        """Forget a dead connection popped from the idle stack, then close it."""
-        engine = self._engine
-        retired = False
-        try:
-            with engine.lock:
-                ident = id(entry.conn)
-                if engine.in_use.get(ident) is entry:
-                    if self._used.get(entry.key) is entry.conn:
-                        del self._used[entry.key]
-                    del engine.in_use[ident]
-                    engine.connections_lost += 1
-                    engine.closing += 1
-                    retired = True
-        finally:
-            if retired:
-                engine.close_one(entry, "dead")
-
-    def _lend_new(self, key: Any) -> Any:
-        """Connect for a slot already reserved, outside the lock, and lend it under ``key``."""
-        engine = self._engine
-        me = _get_ident()
-        reserved = [True]
-        retired = False
-        try:
-            entry = engine.open_connection(reserved)
-            with engine.lock:
-                engine.pending -= 1
-                reserved[0] = False
-                if not self.closed:
-                    existing = self._used.get(key)
-                    if existing is None:
-                        conn = entry.conn
-                        ident = id(conn)
-                        entry.borrowed_at = engine.clock()
-                        entry.key = key
-                        entry.owner = me
-                        engine.in_use[ident] = entry
-                        self._used[key] = conn
-                        return conn
-                    # Another thread got a connection under the same key meanwhile.
-                    entry.idle_since = engine.clock()
-                    engine.idle.append(entry)
-                    return existing
-                engine.closing += 1
-                retired = True
-        except BaseException:
-            if reserved[0]:  # interrupted before the slot was given back or used
-                self._release_reservation()
-            if not retired:
-                raise
-        finally:
-            if retired:
-                engine.close_one(entry)
-        raise PoolError("connection pool is closed")
-
-    def _release_reservation(self) -> None:
-        """Give back a slot reserved for a connection that an interrupt lost (``pending``).
-
-        The connection, if it was opened, is referenced by nothing any more: the
-        driver closes it when it is garbage-collected.
-        """
-        with self._engine.lock:
-            self._engine.pending -= 1
 
     # -- putconn -------------------------------------------------------------
 
@@ -398,155 +321,9 @@ class AbstractConnectionPool:
         if engine.size < self.minconn:
             self._refill()
 
-    def _abandon(self, entry: PooledConnection, action: int) -> None:
-        """An interrupted return: the connection counted pending or closing is closed."""
-        engine = self._engine
-        if action == _CLEAN:
-            with engine.lock:
-                engine.pending -= 1
-                engine.closing += 1
-        engine.close_one(entry, "interrupted")
 
-    def _keeps_returned_locked(self) -> bool:
-        """Should a clean returned connection stay idle? Lock held.
-
-        With ``idle_timeout=0``, psycopg2's rule: only while fewer than minconn are idle.
-        """
-        return self.idle_timeout != 0 or len(self._engine.idle) < self.minconn
-
-    def _clean_and_keep(self, entry: PooledConnection, token: list[int] | None = None) -> bool:
-        """Roll back and restore a returned connection (counted pending), then keep or close it.
-
-        The slot is released whatever happens, an interrupt included (the
-        connection is then closed: it may be half reset). True if kept.
-        ``token[0]`` is cleared when this takes the slot over from the caller.
-        """
-        engine = self._engine
-        ok = False
-        retire = True
-        interrupted = True
-        try:
-            ok = clean(engine.driver, entry.conn, entry.state, name=self.name)
-            interrupted = False
-        finally:
-            with engine.lock:
-                keep = ok and not self.closed and self._keeps_returned_locked()
-                now = engine.clock()
-                engine.pending -= 1
-                if token is not None:
-                    token[0] = _NOTHING
-                if keep:
-                    entry.idle_since = now
-                    retire = False
-                    engine.idle.append(entry)
-                else:
-                    engine.closing += 1
-            if retire:
-                reason = "failed reset" if not ok else "more than minconn idle"
-                engine.close_one(entry, "interrupted" if interrupted else reason)
-        return not retire
-
-    # -- upkeep without a thread ---------------------------------------------
-
-    def _refill(self, *, raise_errors: bool = False) -> None:
-        """Open connections until ``minconn`` exist, as psycopg2's docs promise.
-
-        Outside the constructor a failure is logged, not raised: the caller
-        returned or pruned successfully, and ``getconn`` connects on demand.
-        """
-        engine = self._engine
-        while True:
-            reserved = [False]
-            retired = False
-            try:
-                with engine.lock:
-                    if self.closed or engine.size >= self.minconn:
-                        return
-                    engine.pending += 1
-                    reserved[0] = True
-                try:
-                    entry = engine.open_connection(reserved)
-                except Exception as exc:
-                    if raise_errors:
-                        raise
-                    logger.warning(
-                        "%r could not open a connection to keep minconn: %s",
-                        self,
-                        hide_password(str(exc).strip()),
-                    )
-                    return
-                with engine.lock:
-                    now = engine.clock()
-                    engine.pending -= 1
-                    reserved[0] = False
-                    if not self.closed:
-                        entry.idle_since = now
-                        engine.idle.append(entry)
-                        continue
-                    engine.closing += 1
-                    retired = True
-            except BaseException:
-                if reserved[0]:  # interrupted before the slot was given back or used
-                    self._release_reservation()
-                raise
-            finally:
-                if retired:
-                    engine.close_one(entry)
-            return
-
-    def _prune(self) -> None:
-        engine = self._engine
-        expired: list[PooledConnection] = []
-        dropped: list[PooledConnection] = []
-        try:
-            with engine.lock:
-                if self.closed:
-                    raise PoolError("connection pool is closed")
-                engine.pop_dead_idle_locked(dropped)
-                if self.idle_timeout:
-                    engine.pop_expired_idle_locked(
-                        self.idle_timeout, self.minconn, engine.clock(), expired
-                    )
-        finally:
-            engine.close(dropped, "dead")
-            engine.close(expired, "idle")
-        self._refill()
-
-    # -- observability -------------------------------------------------------
-
-    def _stats(self) -> dict[str, int]:
-        engine = self._engine
-        with engine.lock:
-            return {
-                "pool_min": self.minconn,
-                "pool_max": self.maxconn,
-                "pool_size": engine.size,
-                "pool_available": len(engine.idle),
-                "connections_in_use": len(engine.in_use),
-                # Every failed getconn here is "connection pool exhausted": both names count it.
-                "requests_errors": engine.timeouts,
-                "requests_timeouts": engine.timeouts,
-                "connections_num": engine.connections_num,
-                "connections_ms": engine.connections_ms,
-                "connections_errors": engine.connections_errors,
-                "connections_lost": engine.connections_lost,
-            }
-
-    # -- closeall ------------------------------------------------------------
-
-    def _closeall(self) -> None:
-        engine = self._engine
-        entries: list[PooledConnection] = []
-        try:
-            with engine.lock:
-                if self.closed:
-                    raise PoolError("connection pool is closed")
-                self.closed = True
-                self._used.clear()
-                engine.close_all_locked(entries)
-        finally:
-            engine.close(entries, "drained")
-        engine.watcher.close()
+# Only a base class: dir(psycopool.pool) keeps the names it had before the split.
+del DropinLending
 
 
 class SimpleConnectionPool(AbstractConnectionPool):
