@@ -16,7 +16,6 @@ alone. See ``docs/migrating-from-psycopg2-pool.md`` for every difference.
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 import time
 from typing import Any
@@ -25,20 +24,15 @@ import psycopg2
 
 from psycopool._args import as_int_like, as_seconds, show
 from psycopool._drivers import IDLE as _IDLE
-from psycopool._drivers import (
-    hide_password,  # noqa: F401 (kept in this namespace: its user moved to _dropin_upkeep.py)
-    masked_error,
-)
+from psycopool._drivers import masked_error
 from psycopool._drivers._psycopg2 import Psycopg2Driver
 from psycopool._dropin_lending import _CLEAN, _CLOSE, _KEEP, _NOTHING, DropinLending
 from psycopool._dropin_upkeep import PoolError
 from psycopool._engine import Engine
 from psycopool._entries import PooledConnection, stale_return
-from psycopool._errors import PoolError as _PoolErrorBase  # noqa: F401 (as hide_password)
 from psycopool._health import RECENTLY_USED
 from psycopool._loans import Loan
 from psycopool._network import check_network_timeout, network_options, with_defaults
-from psycopool._reset import clean  # noqa: F401 (as hide_password)
 
 __all__ = [
     "AbstractConnectionPool",
@@ -47,7 +41,6 @@ __all__ = [
     "ThreadedConnectionPool",
 ]
 
-logger = logging.getLogger("psycopool")
 _get_ident = threading.get_ident
 
 # Never appended to (expiry runs only with an idle_timeout): no list per call on the hot path.
@@ -320,10 +313,6 @@ class AbstractConnectionPool(DropinLending):
                 self._abandon(entry, action)
         if engine.size < self.minconn:
             self._refill()
-
-
-# Only a base class: dir(psycopool.pool) keeps the names it had before the split.
-del DropinLending
 
 
 class SimpleConnectionPool(AbstractConnectionPool):
