@@ -1,17 +1,17 @@
 """What every modern pool shares, whatever its I/O: :class:`BasePool`.
 
-Argument checks and settings, name and repr, counters and statistics, the
-upkeep *decisions* (which idle connections to expire, recycle or shrink,
-which leaks to report, which to drain) and error helpers. Nothing here
-blocks, waits or talks to a server: the threaded :class:`ConnectionPool`
-and the asyncio pool do their I/O around these locked decisions.
+Argument checks and settings, name and repr, counters, and the upkeep
+*decisions* (which idle connections to expire, recycle or shrink, which
+leaks to report, which to drain); statistics, error helpers and log lines
+are its base :class:`~psycopool._reports.Reports`. Nothing here blocks,
+waits or talks to a server: the threaded :class:`ConnectionPool` and the
+asyncio pool do their I/O around these locked decisions.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,8 +22,7 @@ from psycopool._args import check_sizes as _check_sizes
 from psycopool._drivers import Driver, get_driver, hide_password
 from psycopool._engine import Engine
 from psycopool._entries import PooledConnection
-from psycopool._errors import PoolClosed, PoolError, PoolTimeout, flavoured
-from psycopool._loans import Loan, Stack, lent_locked, lent_summary, loans
+from psycopool._loans import Stack
 from psycopool._network import (
     DEFAULT_NETWORK_TIMEOUT,
     check_network_timeout,
@@ -31,6 +30,8 @@ from psycopool._network import (
     with_defaults,
 )
 from psycopool._pooler import Pooler, check_pooler, connect_kwargs, session_sql
+from psycopool._reports import UPKEEP_COUNTERS as UPKEEP_COUNTERS
+from psycopool._reports import Reports
 
 if TYPE_CHECKING:
     from typing_extensions import TypeVar
@@ -53,16 +54,6 @@ DEFAULT_CONNECT_TIMEOUT = 10
 #: Connections opened at the same time by default (``num_workers``): enough to
 #: grow fast, few enough not to stampede the server (HikariCP's "spike" lesson).
 DEFAULT_NUM_WORKERS = 4
-
-#: Counters kept in Settings.counters (updated by upkeep, connectors and returns).
-UPKEEP_COUNTERS = (
-    "connections_recycled",
-    "connections_idle_closed",
-    "connections_dropped",
-    "connections_drained",
-    "leaks_detected",
-    "reconnects",
-)
 
 _names = itertools.count(1)
 
@@ -96,7 +87,7 @@ class Chores:
     reclaimed: int = 0
 
 
-class BasePool(Generic[CT]):
+class BasePool(Reports, Generic[CT]):
     """Settings, statistics and locked upkeep decisions of a modern pool; no I/O."""
 
     def __init__(
@@ -297,25 +288,6 @@ class BasePool(Generic[CT]):
             engine.pending += len(chores.to_check)
         return chores
 
-    def _report(self, chores: Chores) -> None:
-        """Log what an upkeep pass found (never under the lock)."""
-        if chores.reclaimed:
-            logger.warning(
-                "pool %r: %d lent connections were garbage-collected without being"
-                " returned; their slots are free again",
-                self.name,
-                chores.reclaimed,
-            )
-        for held, stack in chores.leaks:
-            logger.warning(
-                "pool %r: a connection has been lent for %.1f s (leak_timeout=%s);"
-                " borrowed at:\n%s",
-                self.name,
-                held,
-                self.leak_timeout,
-                stack or "(stack not recorded)",
-            )
-
     def _drain_locked(self) -> list[PooledConnection]:
         """Retire every idle connection and mark every other one to be closed when back.
 
@@ -339,157 +311,6 @@ class BasePool(Generic[CT]):
         self._settings.min_size = min_size
         self._engine.max_size = max_size
         self._shrinking = self._engine.size > max_size
-
-    # -- statistics ----------------------------------------------------------
-
-    def get_stats(self) -> dict[str, int]:
-        """Gauges and counters, with psycopg_pool's names plus psycopool's own (see the docs)."""
-        return self._engine.still(self._stats_locked)
-
-    stats = get_stats
-
-    def pop_stats(self) -> dict[str, int]:
-        """:meth:`get_stats`, then set the counters (not the gauges) back to zero."""
-        return self._engine.still(self._pop_stats_locked)
-
-    def _pop_stats_locked(self) -> dict[str, int]:
-        engine = self._engine
-        stats = self._stats_locked()
-        self._requests_num = self._requests_queued = self._requests_wait_ms = 0
-        self._requests_errors = self._returns_bad = 0
-        self._usage = 0.0
-        engine.connections_num = engine.connections_ms = 0
-        engine.connections_errors = engine.connections_lost = 0
-        self._settings.counters.clear()
-        return stats
-
-    def _stats_locked(self) -> dict[str, int]:
-        engine = self._engine
-        stats = {
-            "pool_min": self.min_size,
-            "pool_max": engine.max_size,
-            "pool_size": engine.size,
-            "pool_available": len(engine.idle),
-            "requests_waiting": len(engine.waiters),
-            "requests_num": self._requests_num,
-            "requests_queued": self._requests_queued,
-            "requests_wait_ms": self._requests_wait_ms,
-            "requests_errors": self._requests_errors,
-            "returns_bad": self._returns_bad,
-            "usage_ms": int(self._usage * 1000),
-            "connections_num": engine.connections_num,
-            "connections_ms": engine.connections_ms,
-            "connections_errors": engine.connections_errors,
-            "connections_lost": engine.connections_lost,
-            "connections_in_use": len(engine.in_use),
-            "requests_timeouts": engine.timeouts,
-        }
-        counters = self._settings.counters
-        for key in UPKEEP_COUNTERS:
-            stats[key] = counters[key]
-        return stats
-
-    # -- errors --------------------------------------------------------------
-
-    def _err(self, cls: type[PoolError], message: str) -> PoolError:
-        return flavoured(cls, self._error)(message)
-
-    def _closed_error(self) -> PoolError:
-        if self._closed:
-            return self._err(PoolClosed, f"pool {self.name!r} is already closed")
-        return self._err(PoolClosed, f"pool {self.name!r} is not open yet: call open()")
-
-    # -- who holds the connections -------------------------------------------
-
-    def _return_reason(self, broken: bool, ok: bool, drained: bool, expired: bool) -> str:
-        """Why a returned connection is closed instead of kept, for the log."""
-        if broken:
-            return "broken"
-        if self._closed:
-            return "pool closed"
-        if not ok:
-            return "failed reset"
-        if drained:
-            return "drained"
-        return "expired" if expired else "resized"
-
-    #: A borrower that waited longer than this many seconds is logged (WARNING); None: never.
-    log_waits_over: float | None = 1.0
-    #: At most one slow-wait line per this many seconds per pool: a saturated pool has a
-    #: slow wait per borrow, and a line each would add load exactly when there is none to
-    #: spare. The next line says how many were folded into it.
-    log_waits_every: float = 10.0
-    _slow_waits_unlogged = 0
-    _slow_wait_longest = 0.0
-    _slow_wait_logged_at = float("-inf")
-
-    def lent(self) -> list[Loan]:
-        """The connections lent now, longest held first: how long, by whom, from where.
-
-        The borrowing thread is always known; stacks (and asyncio task names) are
-        recorded with ``leak_timeout`` set.
-        """
-        return self._engine.lent()
-
-    def _timeout_error(self, timeout: float) -> PoolError:
-        """PoolTimeout saying how many are lent, the longest hold, and where it was borrowed."""
-        engine = self._engine
-        with engine.lock:
-            raw = lent_locked(engine, engine.clock())
-            max_size = engine.max_size
-        return self._err(
-            PoolTimeout,
-            f"couldn't get a connection from pool {self.name!r} after {timeout:.2f} s:"
-            f" {lent_summary(loans(raw[:1]), max_size, len(raw))}{self._last_error_hint()}",
-        )
-
-    def _log_slow_wait(self, waited: float) -> None:
-        """Log a wait over ``log_waits_over``, at most once per ``log_waits_every`` seconds.
-
-        Call it outside the lock.
-        """
-        threshold = self.log_waits_over
-        if threshold is None or waited <= threshold:
-            return
-        engine = self._engine
-        now = time.monotonic()
-        with engine.lock:
-            folded = self._slow_waits_unlogged
-            longest = max(self._slow_wait_longest, waited)
-            if now - self._slow_wait_logged_at < self.log_waits_every:
-                self._slow_waits_unlogged = folded + 1
-                self._slow_wait_longest = longest
-                return
-            self._slow_wait_logged_at = now
-            self._slow_waits_unlogged = 0
-            self._slow_wait_longest = 0.0
-            waiting = len(engine.waiters)
-            max_size = engine.max_size
-        more = (
-            f"; {folded} more waits over {threshold:g} s since the last such line, the longest"
-            f" {longest:.2f} s"
-            if folded
-            else ""
-        )
-        logger.warning(
-            "pool %r: a borrower waited %.2f s for a connection (max_size=%d, %d still"
-            " waiting; see pool.lent() for who holds them)%s",
-            self.name,
-            waited,
-            max_size,
-            waiting,
-            more,
-        )
-
-    def _last_error_hint(self) -> str:
-        error = self._engine.last_connect_error
-        return f"; last connection attempt failed: {hide_password(error)}" if error else ""
-
-    def _not_lent_error(self, conn: Any) -> ValueError:
-        return ValueError(
-            f"conn ({type(conn).__name__} at {id(conn):#x}) was not lent by pool"
-            f" {self.name!r}, or was already returned"
-        )
 
 
 def positive(name: str, value: Any) -> float:
