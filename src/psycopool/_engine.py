@@ -16,17 +16,21 @@ closing are done by the caller around the short locked sections.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from psycopool._closing import BROKEN_REASONS as BROKEN_REASONS
+from psycopool._closing import Closing
 from psycopool._drivers import Driver
 from psycopool._entries import PooledConnection, Waiter
+from psycopool._fork import _ENGINES as _ENGINES
+from psycopool._fork import ForkAware
+from psycopool._fork import _after_fork_in_child as _after_fork_in_child
 from psycopool._health import RECENTLY_USED, SocketWatcher, is_alive
 from psycopool._loans import Loan, lent_locked, loans
 
@@ -49,8 +53,12 @@ class Owner(Protocol):
         """``(True, fn())`` run by the owner under ``lock``; ``(False, None)``: run it here."""
 
 
-class Engine:
-    """Accounting, handoff and liveness for one pool's connections."""
+class Engine(Closing, ForkAware):
+    """Accounting, handoff and liveness for one pool's connections.
+
+    Retiring and closing connections is :class:`~psycopool._closing.Closing`;
+    forgetting them in a forked child, :class:`~psycopool._fork.ForkAware`.
+    """
 
     def __init__(
         self,
@@ -279,75 +287,6 @@ class Engine:
                 return True
         return False
 
-    def retire_locked(self, *entries: PooledConnection, reason: str | None = None) -> None:
-        """Count connections taken off idle, in use or pending as closing. Lock held.
-
-        They still exist on the server until :meth:`close` has closed them, so
-        they keep their slot: no one can open a connection in their place before.
-        ``reason`` is logged when they are closed (see :meth:`close`).
-        """
-        self.closing += len(entries)
-        if reason is not None:
-            for entry in entries:
-                entry.close_reason = reason
-
-    def close(self, entries: Iterable[PooledConnection], reason: str | None = None) -> None:
-        """Close retired connections, then free their slots. No lock held.
-
-        Each is logged with ``reason``, else the reason it was retired with: at
-        INFO for a connection found broken ("dead", "failed check", "failed
-        reset", "broken"), at DEBUG for routine ones ("expired", "idle",
-        "drained", "pool closed"...).
-        """
-        entries = list(entries)
-        if not entries:
-            return
-        if logger.isEnabledFor(logging.INFO):
-            reasons: dict[str, int] = {}
-            for entry in entries:
-                why = reason or entry.close_reason or "closed"
-                reasons[why] = reasons.get(why, 0) + 1
-            for why, count in reasons.items():
-                level = logging.INFO if why in BROKEN_REASONS else logging.DEBUG
-                logger.log(
-                    level,
-                    "pool %r: %s %d connection%s (%s)",
-                    self.name,
-                    "discarding" if level == logging.INFO else "closing",
-                    count,
-                    "" if count == 1 else "s",
-                    why,
-                )
-        done = 0
-        try:
-            for entry in entries:
-                self._close_entry(entry)
-                done += 1
-        finally:
-            # Interrupted (KeyboardInterrupt...): close the rest all the same, then
-            # free every slot, or they would stay counted as closing for ever.
-            for entry in entries[done:]:
-                try:
-                    self._close_entry(entry)
-                except Exception:
-                    pass
-            with self.lock:
-                self.closing -= len(entries)
-
-    def _close_entry(self, entry: PooledConnection) -> None:
-        conn = entry.conn if entry.ref is None else entry.ref()
-        if conn is None:
-            return  # garbage-collected: the driver closed it
-        if not self.driver.is_closed(conn):
-            # Unwatch while the socket is still ours: once closed, its number
-            # may already belong to a newer connection.
-            self.watcher.remove(entry.fd)
-        self.driver.close(conn)
-
-    def close_one(self, entry: PooledConnection, reason: str | None = None) -> None:
-        """Close one retired connection, then free its slot. No lock held."""
-        self.close((entry,), reason)
-
     def reclaim_dropped_locked(self) -> int:
         """Free the slots of lent connections that their borrower dropped. Lock held."""
         reclaimed = 0
@@ -421,82 +360,6 @@ class Engine:
             dead.append(entry)
         return dead
 
-    # -- closing -------------------------------------------------------------
-
-    def close_all_locked(
-        self, into: list[PooledConnection] | None = None
-    ) -> list[PooledConnection]:
-        """Mark the engine closed and take every connection it counts. Lock held.
-
-        Connections still being opened are closed by their opener when it sees
-        ``closed``. Waiters are woken with no connection. The connections are
-        appended to ``into`` (which the caller closes in a ``finally``) first.
-        """
-        self.closed = True
-        entries: list[PooledConnection] = [] if into is None else into
-        entries.extend(self.idle)
-        entries.extend(self.in_use.values())
-        for entry in entries:
-            entry.close_reason = "pool closed"
-        self.idle.clear()
-        self.in_use.clear()
-        self.closing += len(entries)
-        while self.waiters:
-            self.waiters.popleft().wake()
-        return entries
-
-    # -- fork ----------------------------------------------------------------
-
-    def _forget_after_fork(self) -> None:
-        """In a forked child: drop inherited connections without ending the parent's sessions.
-
-        Closing them through the driver would send a Terminate message on the
-        socket the parent still uses. Instead each inherited socket is pointed
-        at /dev/null, so whatever the driver later writes or closes lands there.
-        """
-        self.lock = threading.RLock()
-        self.watcher.renew()
-        entries = list(self.idle) + list(self.in_use.values())
-        self.idle.clear()
-        self.in_use.clear()
-        self.waiters.clear()
-        self.pending = 0
-        self.closing = 0
-        if entries:
-            devnull = os.open(os.devnull, os.O_RDWR)
-            try:
-                for entry in entries:
-                    conn = entry.conn if entry.ref is None else entry.ref()
-                    if conn is None or self.driver.is_closed(conn):
-                        continue  # its socket number may belong to something else now
-                    try:
-                        os.dup2(devnull, entry.fd)
-                    except OSError:
-                        continue
-            finally:
-                os.close(devnull)
-        if self.after_fork is not None:
-            self.after_fork()
-
-
-#: Close reasons logged at INFO (something was wrong with the connection); others at DEBUG.
-BROKEN_REASONS = frozenset({"dead", "failed check", "failed reset", "broken"})
-
 
 def _on_dropped(dropped: deque[PooledConnection], entry: PooledConnection, _ref: object) -> None:
     dropped.append(entry)
-
-
-_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for engine in list(_ENGINES):
-        try:
-            engine._forget_after_fork()
-        except Exception:
-            # One pool failing here must not leave the next ones sharing the parent's sockets.
-            logging.getLogger("psycopool").exception("after fork: a pool could not reset")
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
