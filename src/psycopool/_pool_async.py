@@ -5,6 +5,8 @@ background work differ: a waiter is a future, upkeep and connecting are tasks.
 The books belong to the loop's thread: the hot paths skip the engine's lock,
 the other sections take it (never across an ``await``: nothing under it does
 I/O), and readers on other threads run on the loop (``_loop_owner.py``).
+The upkeep pass, check, resize and drain are its base ``AsyncMaintenance``
+(``_maintenance_async.py``); construction and the life cycle are here.
 
 Cancellation: a task cancelled (or timed out) while waiting leaves the queue;
 one cancelled at the instant a connection was handed to it gives it back; one
@@ -38,9 +40,9 @@ from psycopool._drivers import IDLE, INTRANS, get_async_driver
 from psycopool._engine import Engine
 from psycopool._entries import PooledConnection
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout
-from psycopool._health import aping
-from psycopool._lending_async import AsyncLendingPool, maybe_await
+from psycopool._lending_async import maybe_await
 from psycopool._loop_owner import LoopOwner
+from psycopool._maintenance_async import AsyncMaintenance
 from psycopool._network import DEFAULT_NETWORK_TIMEOUT, interrupt, with_defaults
 from psycopool._pooler import Pooler, connect_kwargs
 from psycopool._upkeep_async import AsyncUpkeep, weak_method
@@ -48,7 +50,7 @@ from psycopool._upkeep_async import AsyncUpkeep, weak_method
 logger = logging.getLogger("psycopool")
 
 
-class AsyncConnectionPool(AsyncLendingPool[CT]):
+class AsyncConnectionPool(AsyncMaintenance[CT]):
     """A pool of psycopg 3 ``AsyncConnection``: fair, checked, cleaned, cancellation-safe.
 
     Create it anywhere (no running loop needed), then ``await pool.open()`` or
@@ -355,110 +357,6 @@ class AsyncConnectionPool(AsyncLendingPool[CT]):
                 engine.close(idle)
             except Exception:
                 pass  # interpreter shutdown: the driver may be half gone
-
-    # -- maintenance ---------------------------------------------------------
-
-    async def _upkeep_pass(self, check_all: bool = False) -> None:
-        """One round of upkeep: reclaim dropped, report leaks, expire, (check), refill."""
-        engine = self._engine
-        with engine.lock:
-            if self._closed:
-                return
-            chores = self._decide_upkeep_locked(self.clock(), check_all)
-        self._report(chores)
-        engine.close(chores.to_close)
-        if chores.to_check:
-            await self._check_idle(chores.to_check)
-        self._upkeep.request_connections()
-
-    async def _check_idle(self, entries: list[PooledConnection]) -> None:
-        """Check connections taken off the idle stack (counted pending); keep the good ones."""
-        engine = self._engine
-        good: list[PooledConnection] = []
-        bad: list[PooledConnection] = []
-        # Every ping ends by the pool's timeout: check() is bounded even on a dead network.
-        deadline = time.monotonic() + self.timeout
-        try:
-            for entry in entries:
-                if engine.is_alive(entry) and await aping(
-                    self._adriver, entry.conn, entry.fd, deadline
-                ):
-                    good.append(entry)
-                else:
-                    bad.append(entry)
-        except BaseException:
-            # Interrupted: the one being pinged and those not reached are closed.
-            bad.extend(e for e in entries if e not in good and e not in bad)
-            raise
-        finally:
-            with engine.lock:
-                engine.pending -= len(entries)
-                engine.connections_lost += len(bad)
-                if self._closed:
-                    bad.extend(good)
-                    good = []
-                # drain() during the pings did not see these: close the ones it ended.
-                drained = [e for e in good if e.epoch != engine.epoch]
-                if drained:
-                    good = [e for e in good if e.epoch == engine.epoch]
-                    engine.retire_locked(*drained, reason="drained")
-                    self._settings.counters["connections_drained"] += len(drained)
-                now = engine.clock()
-                for entry in good:
-                    idle_since = entry.idle_since
-                    if not self._give_back_locked(entry, now):
-                        bad.append(entry)  # retired (null pool): closed below, not lost
-                    entry.idle_since = idle_since  # a check is not a use: max_idle still counts
-                if good:
-                    ordered = sorted(engine.idle, key=lambda e: e.idle_since)
-                    engine.idle.clear()
-                    engine.idle.extend(ordered)
-                engine.retire_locked(*bad, reason="dead")
-            engine.close(bad)
-            engine.close(drained)
-
-    async def check(self) -> None:
-        """Check every idle connection now (liveness and a round trip); replace the dead ones."""
-        if self._closed or not self._opened:
-            raise self._closed_error()
-        await self._upkeep_pass(check_all=True)
-
-    async def resize(self, min_size: int, max_size: int | None = None) -> None:
-        """Change the sizes. Growth starts at once; excess idle connections are closed now,
-        excess lent ones when they come back."""
-        with self._engine.lock:
-            self._resize_locked(min_size, max_size)
-        if self._opened and not self._closed:
-            await self._upkeep_pass()
-
-    async def drain(self) -> None:
-        """Replace every connection: idle ones now, lent ones when they come back."""
-        engine = self._engine
-        with engine.lock:
-            if self._closed:
-                return
-            idle = self._drain_locked()
-        engine.close(idle)
-        if self._opened:
-            self._upkeep.request_connections()
-
-    async def _leave_read_only_server(self, conn: Any) -> None:
-        """``conn``'s server turned read-only (see ``_readonly.py``): close ``conn`` when it
-        comes back and drain the others, unless a drain since ``conn`` was opened did."""
-        engine = self._engine
-        with engine.lock:
-            entry = engine.in_use.get(id(conn))
-            if entry is None or self._closed:
-                return
-            if entry.epoch < engine.epoch:
-                entry.expires_at = float("-inf")  # drained already: just this one
-                return
-        logger.warning(
-            "pool %r: the server turned read-only (SQLSTATE 25006) while the pool asks for a"
-            " writable one: draining its connections",
-            self.name,
-        )
-        await self.drain()
 
 
 def _no_sync_connect() -> Any:
