@@ -16,6 +16,7 @@ closing are done by the caller around the short locked sections.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -363,3 +364,9 @@ class Engine(Closing, ForkAware):
 
 def _on_dropped(dropped: deque[PooledConnection], entry: PooledConnection, _ref: object) -> None:
     dropped.append(entry)
+
+
+# Registered here, after the imports above: _network (through _health) registers the
+# watchdog's hook first, so a child resets the watchdog before the pools, whose
+# after_fork may start threads that arm it.
+os.register_at_fork(after_in_child=_after_fork_in_child)

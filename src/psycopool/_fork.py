@@ -4,7 +4,8 @@ A child inherits its parent's pools, their sockets included, and must not end
 the parent's sessions by closing them. Every engine registers itself here;
 after a fork, :func:`_after_fork_in_child` makes each forget what it inherited
 (:meth:`ForkAware._forget_after_fork`, a base of ``Engine``). Kept apart from
-``_engine.py``, which imports this module (never the reverse but for types).
+``_engine.py``, which imports this module (never the reverse but for types) and
+registers the hook.
 """
 
 from __future__ import annotations
@@ -16,11 +17,6 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-
-# Imported for its side effect, before ours is registered (below): _network registers
-# the watchdog's fork hook, so a child resets the watchdog before the pools, whose
-# after_fork may start threads that arm it (the order from before this module).
-import psycopool._network  # noqa: F401
 
 if TYPE_CHECKING:
     from psycopool._drivers import Driver
@@ -85,6 +81,3 @@ def _after_fork_in_child() -> None:
         except Exception:
             # One pool failing here must not leave the next ones sharing the parent's sockets.
             logging.getLogger("psycopool").exception("after fork: a pool could not reset")
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
