@@ -30,8 +30,6 @@ class LendingPool(LendingSlowPaths[CT]):
 
     #: With ``close_returns=True``: ``conn.close()`` returns a lent connection.
     close_returns = False
-    #: Does a returned connection stay idle when no one waits? (Not in NullConnectionPool.)
-    _keeps_idle = True
     #: Precomputed by the constructor for the hot path (see _init_lending).
     _lend_extras = False
     _fast_lend = True

@@ -364,17 +364,3 @@ class LendingSlowPaths(BasePool[CT]):
                 engine.close_one(entry)
                 if not self._closed:
                     self._upkeep.request_connections()
-
-    def _return_reason(self, broken: bool, ok: bool, drained: bool, expired: bool) -> str:
-        """Why a returned connection is closed instead of kept, for the log."""
-        if broken:
-            return "broken"
-        if self._closed:
-            return "pool closed"
-        if not ok:
-            return "failed reset"
-        if drained:
-            return "drained"
-        if expired:
-            return "expired"
-        return "resized" if self._keeps_idle else "not kept"

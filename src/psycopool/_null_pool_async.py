@@ -23,6 +23,8 @@ class AsyncNullConnectionPool(AsyncConnectionPool[CT]):
     servers behind an external pooler (PgBouncer) or with few, rare clients.
     """
 
+    _keeps_idle = False
+
     def __init__(
         self, conninfo: Any = "", *, min_size: int = 0, max_size: int | None = None, **kwargs: Any
     ) -> None:

@@ -36,6 +36,9 @@ UPKEEP_COUNTERS = (
 class Reports:
     """Statistics, errors and log lines of a modern pool (a base of :class:`BasePool`)."""
 
+    #: Does a returned connection stay idle when no one waits? (Not in the null pools.)
+    _keeps_idle = True
+
     # Set by BasePool.__init__.
     name: str
     leak_timeout: float | None
@@ -147,7 +150,9 @@ class Reports:
             return "failed reset"
         if drained:
             return "drained"
-        return "expired" if expired else "resized"
+        if expired:
+            return "expired"
+        return "resized" if self._keeps_idle else "not kept"
 
     #: A borrower that waited longer than this many seconds is logged (WARNING); None: never.
     log_waits_over: float | None = 1.0
