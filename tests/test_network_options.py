@@ -174,3 +174,64 @@ def test_async_pool_default_is_on(dsn: str) -> None:
     default, mine = asyncio.run(main())
     assert default == network_options(DEFAULT_NETWORK_TIMEOUT)
     assert mine == {**network_options(3), "tcp_user_timeout": 999}
+
+
+def _effective(conn: Any, key: str) -> str | None:
+    """What libpq used for option ``key`` on ``conn`` (None if unset)."""
+    if hasattr(conn, "get_dsn_parameters"):  # psycopg2
+        value = conn.get_dsn_parameters().get(key)
+        return None if value is None else str(value)
+    return next((o.val.decode() for o in conn.pgconn.info if o.keyword.decode() == key), None)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("where", ["PGSERVICEFILE", "PGSYSCONFDIR"])
+@pytest.mark.parametrize("named_by", ["conninfo", "PGSERVICE"])
+def test_a_service_file_is_never_overridden(
+    driver: str,
+    where: str,
+    named_by: str,
+    pg_server: Any,
+    app_name: str,
+    tmp_path: Any,
+    monkeypatch,
+) -> None:
+    """Options the connection's service sets are left to it; the others are still added."""
+    base = psycopg2.extensions.parse_dsn(pg_server.dsn)
+    lines = ["# a comment", "[other]", "tcp_user_timeout=1", "[psycopool_test] # the one"]
+    lines += [f"{key}={base[key]}" for key in ("host", "port", "user") if key in base]
+    lines += [f"application_name={app_name}", "dbname=postgres"]
+    lines += ["  tcp_user_timeout=4321", "keepalives_idle=77", "connect_timeout=7", "[after]"]
+    if where == "PGSERVICEFILE":
+        path = tmp_path / "services.conf"
+        monkeypatch.setenv("PGSERVICEFILE", str(path))
+    else:
+        path = tmp_path / "pg_service.conf"
+        monkeypatch.delenv("PGSERVICEFILE", raising=False)  # set but missing: libpq's error
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.pg_service.conf
+        monkeypatch.setenv("PGSYSCONFDIR", str(tmp_path))
+    path.write_text("\n".join(lines) + "\n")
+    conninfo = "service=psycopool_test"
+    if named_by == "PGSERVICE":
+        monkeypatch.setenv("PGSERVICE", "psycopool_test")
+        conninfo = ""
+    with ConnectionPool(conninfo, min_size=1, driver=driver, timeout=10) as p:
+        with p.connection() as conn:
+            opts = sockopts(conn)
+            timeout = _effective(conn, "connect_timeout")
+        assert pg_server.count(app_name) == 1  # connected through the service
+    mine = {"tcp_user_timeout": 4321, "keepalives_idle": 77}
+    assert opts == {**network_options(DEFAULT_NETWORK_TIMEOUT), **mine}
+    assert timeout == "7"
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_pgconnect_timeout_is_never_overridden(driver: str, dsn: str, monkeypatch) -> None:
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "9")
+    with ConnectionPool(dsn, min_size=1, driver=driver) as p:
+        with p.connection() as conn:
+            assert _effective(conn, "connect_timeout") == "9"
+    monkeypatch.delenv("PGCONNECT_TIMEOUT")
+    with ConnectionPool(dsn, min_size=1, driver=driver) as p:
+        with p.connection() as conn:
+            assert _effective(conn, "connect_timeout") != "9"  # psycopool's default

@@ -78,19 +78,78 @@ def network_options(seconds: float) -> dict[str, int]:
     }
 
 
+#: libpq's environment variables for the options psycopool may add (keepalives and
+#: tcp_user_timeout have none).
+_ENVIRONMENT = {"connect_timeout": "PGCONNECT_TIMEOUT"}
+
+
 def with_defaults(
     driver: Driver, conninfo: str, kwargs: Mapping[str, Any], defaults: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """``kwargs`` plus each of ``defaults`` that neither ``conninfo`` nor ``kwargs`` sets.
+    """``kwargs`` plus each of ``defaults`` that the user sets nowhere libpq looks.
 
-    ``conninfo`` is parsed by the driver (libpq's parser: key/value strings and URIs).
+    That is: not in ``kwargs``, not in ``conninfo`` (parsed by the driver, with
+    libpq's parser: key/value strings and URIs), not in the environment
+    (``PGCONNECT_TIMEOUT``), and not in the service the connection names (see
+    :func:`service_options`). Anything passed to libpq would override those.
     """
     given = set(kwargs)
     missing = [key for key in defaults if key not in given]
-    if missing and conninfo:
-        given |= driver.conninfo_keys(conninfo)
+    if missing:
+        options = driver.conninfo_options(conninfo) if conninfo else {}
+        given.update(options)
+        given.update(key for key, name in _ENVIRONMENT.items() if os.environ.get(name))
+        service = kwargs.get("service") or options.get("service") or os.environ.get("PGSERVICE")
+        if service:
+            given |= service_options(str(service))
     added = {key: defaults[key] for key in missing if key not in given}
     return {**added, **kwargs}
+
+
+def service_options(service: str) -> set[str]:
+    """The options libpq's connection service file sets for ``service`` (empty if none found).
+
+    libpq reads the user's file (``PGSERVICEFILE``, else ``~/.pg_service.conf``),
+    then the system-wide ``pg_service.conf``; the first one holding the service is
+    used. The system file's default directory is compiled into libpq (``pg_config
+    --sysconfdir``), so it is read here only where ``PGSYSCONFDIR`` names it.
+    """
+    files = [os.environ.get("PGSERVICEFILE") or os.path.expanduser("~/.pg_service.conf")]
+    sysconfdir = os.environ.get("PGSYSCONFDIR")
+    if sysconfdir:
+        files.append(os.path.join(sysconfdir, "pg_service.conf"))
+    for path in files:
+        keys = _service_section(path, service)
+        if keys is not None:
+            return keys
+    return set()
+
+
+def _service_section(path: str, service: str) -> set[str] | None:
+    """The keys of section ``[service]`` in the service file ``path``; None if it has none.
+
+    libpq's format: ``[name]`` starts a section, ``key=value`` lines follow, and
+    blank lines and lines starting with ``#`` are skipped.
+    """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    keys: set[str] | None = None
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            if keys is not None:
+                break  # the section ended
+            end = len(service) + 1  # libpq's test: "[" service "]", whatever follows
+            if line[1:end] == service and line[end : end + 1] == "]":
+                keys = set()
+        elif keys is not None and "=" in line:
+            keys.add(line.split("=", 1)[0].strip())
+    return keys
 
 
 def shutdown_socket(fd: int) -> None:

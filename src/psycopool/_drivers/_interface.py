@@ -37,7 +37,7 @@ class Driver(abc.ABC):
         """Open a new connection."""
 
     @abc.abstractmethod
-    def conninfo_keys(self, conninfo: str) -> set[str]:
+    def conninfo_options(self, conninfo: str) -> dict[str, str]:
         """The options a conninfo string or URI sets (libpq's parser); empty if it can't parse."""
 
     @abc.abstractmethod

@@ -26,11 +26,12 @@ class PsycopgInspector(Driver):
     Error = psycopg.Error
     OperationalError = psycopg.OperationalError
 
-    def conninfo_keys(self, conninfo: str) -> set[str]:
+    def conninfo_options(self, conninfo: str) -> dict[str, str]:
         try:
-            return set(psycopg.conninfo.conninfo_to_dict(conninfo))
+            options = psycopg.conninfo.conninfo_to_dict(conninfo)
+            return {key: str(value) for key, value in options.items() if value is not None}
         except Exception:  # the connect attempt will report it (its message may hold a password)
-            return set()
+            return {}
 
     def is_closed(self, conn: Any) -> bool:
         return bool(conn.closed) or conn.broken

@@ -36,11 +36,11 @@ class Psycopg2Driver(Driver):
                 raise
         raise masked from None  # outside the handler: the original isn't chained
 
-    def conninfo_keys(self, conninfo: str) -> set[str]:
+    def conninfo_options(self, conninfo: str) -> dict[str, str]:
         try:
-            return set(psycopg2.extensions.parse_dsn(conninfo))
+            return dict(psycopg2.extensions.parse_dsn(conninfo))
         except Exception:  # the connect attempt will report it (its message may hold a password)
-            return set()
+            return {}
 
     def is_closed(self, conn: Any) -> bool:
         return bool(conn.closed)
