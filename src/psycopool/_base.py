@@ -22,6 +22,7 @@ from psycopool._args import check_sizes as _check_sizes
 from psycopool._drivers import Driver, get_driver, hide_password
 from psycopool._engine import Engine
 from psycopool._entries import PooledConnection
+from psycopool._errors import TooManyRequests
 from psycopool._loans import Stack
 from psycopool._network import (
     DEFAULT_NETWORK_TIMEOUT,
@@ -287,6 +288,66 @@ class BasePool(Reports, Generic[CT]):
             engine.idle.clear()
             engine.pending += len(chores.to_check)
         return chores
+
+    def _make_room_to_wait_locked(self) -> None:
+        """A borrower found nothing idle and will queue: free the slots of dropped loans,
+        and refuse with TooManyRequests past ``max_waiting``. Lock held."""
+        engine = self._engine
+        if engine.dropped:
+            engine.reclaim_dropped_locked()
+        if self.max_waiting and len(engine.waiters) >= self.max_waiting:
+            self._requests_errors += 1
+            waiting = len(engine.waiters)
+            raise self._err(
+                TooManyRequests, f"pool {self.name!r} already has {waiting} requests waiting"
+            )
+
+    def _give_back_locked(self, entry: PooledConnection, now: float) -> bool:
+        """Keep a clean connection: a waiter's, else idle. Lock held.
+
+        False (the asyncio null pool, with no waiter): it was retired instead; close it.
+        """
+        self._engine.give_back_locked(entry, now)
+        return True
+
+    def _settle_checked_locked(
+        self,
+        entries: list[PooledConnection],
+        good: list[PooledConnection],
+        bad: list[PooledConnection],
+    ) -> list[PooledConnection]:
+        """Place connections checked without the lock (``entries``, counted pending). Lock held.
+
+        ``good`` ones go back (to a waiter, else idle, in idle-age order); ``bad``
+        ones, and good ones a closed pool can't keep, are retired in ``bad``.
+        Returns the others retired meanwhile (drained during the checks): the
+        caller closes them and ``bad``.
+        """
+        engine = self._engine
+        engine.pending -= len(entries)
+        engine.connections_lost += len(bad)
+        if self._closed:
+            bad.extend(good)
+            good = []
+        # drain() during the checks did not see these: close the ones it ended.
+        ended = [e for e in good if e.epoch != engine.epoch]
+        if ended:
+            good = [e for e in good if e.epoch == engine.epoch]
+            engine.retire_locked(*ended, reason="drained")
+            self._settings.counters["connections_drained"] += len(ended)
+        now = engine.clock()
+        for entry in good:
+            idle_since = entry.idle_since
+            if not self._give_back_locked(entry, now):
+                ended.append(entry)  # retired (null pool): closed by the caller, not lost
+            entry.idle_since = idle_since  # a check is not a use: max_idle still counts
+        if good:
+            # Keep the stack ordered by idle age: expiry looks at its bottom only.
+            ordered = sorted(engine.idle, key=lambda e: e.idle_since)
+            engine.idle.clear()
+            engine.idle.extend(ordered)
+        engine.retire_locked(*bad, reason="dead")
+        return ended
 
     def _drain_locked(self) -> list[PooledConnection]:
         """Retire every idle connection and mark every other one to be closed when back.

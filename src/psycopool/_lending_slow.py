@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from psycopool._base import CT, BasePool
 from psycopool._drivers import IDLE, hide_password
 from psycopool._entries import PooledConnection, Waiter, stale_return
-from psycopool._errors import TooManyRequests
 from psycopool._health import ping
 from psycopool._loans import Stack
 from psycopool._reset import clean
@@ -86,15 +85,7 @@ class LendingSlowPaths(BasePool[CT]):
                         engine.in_use[ident] = taken
                         entry = taken
                     else:
-                        if engine.dropped:
-                            engine.reclaim_dropped_locked()
-                        if self.max_waiting and len(engine.waiters) >= self.max_waiting:
-                            self._requests_errors += 1
-                            waiting = len(engine.waiters)
-                            raise self._err(
-                                TooManyRequests,
-                                f"pool {self.name!r} already has {waiting} requests waiting",
-                            )
+                        self._make_room_to_wait_locked()
                         queued = Waiter()
                         waiter = queued
                         engine.waiters.append(queued)

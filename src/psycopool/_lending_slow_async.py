@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from psycopool._base import CT, BasePool
 from psycopool._drivers import IDLE, AsyncDriver, hide_password
 from psycopool._entries import FutureWaiter, PooledConnection
-from psycopool._errors import TooManyRequests
 from psycopool._health import aping, is_alive
 from psycopool._loans import Stack, borrower
 from psycopool._reset import aclean
@@ -41,14 +40,6 @@ class AsyncLendingSlowPaths(BasePool[CT]):
     def _place_new_locked(self, entry: PooledConnection) -> bool:
         """A new connection goes to the oldest waiter, else idle (see below). Lock held."""
         return self._give_back_locked(entry, self._engine.clock())
-
-    def _give_back_locked(self, entry: PooledConnection, now: float) -> bool:
-        """Keep a clean connection: a waiter's, else idle. Lock held.
-
-        False (the null pool, with no waiter): it was retired instead; close it.
-        """
-        self._engine.give_back_locked(entry, now)
-        return True
 
     # -- borrowing: checks, waiting, cancellation ----------------------------
 
@@ -72,15 +63,7 @@ class AsyncLendingSlowPaths(BasePool[CT]):
                         entry = idle.pop()
                         engine.in_use[id(entry.conn)] = entry
                     else:
-                        if engine.dropped:
-                            engine.reclaim_dropped_locked()
-                        if self.max_waiting and len(engine.waiters) >= self.max_waiting:
-                            self._requests_errors += 1
-                            waiting = len(engine.waiters)
-                            raise self._err(
-                                TooManyRequests,
-                                f"pool {self.name!r} already has {waiting} requests waiting",
-                            )
+                        self._make_room_to_wait_locked()
                         assert self._loop is not None
                         waiter = FutureWaiter(self._loop.create_future())
                         engine.waiters.append(waiter)

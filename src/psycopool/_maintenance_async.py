@@ -60,30 +60,9 @@ class AsyncMaintenance(AsyncLendingPool[CT]):
             raise
         finally:
             with engine.lock:
-                engine.pending -= len(entries)
-                engine.connections_lost += len(bad)
-                if self._closed:
-                    bad.extend(good)
-                    good = []
-                # drain() during the pings did not see these: close the ones it ended.
-                drained = [e for e in good if e.epoch != engine.epoch]
-                if drained:
-                    good = [e for e in good if e.epoch == engine.epoch]
-                    engine.retire_locked(*drained, reason="drained")
-                    self._settings.counters["connections_drained"] += len(drained)
-                now = engine.clock()
-                for entry in good:
-                    idle_since = entry.idle_since
-                    if not self._give_back_locked(entry, now):
-                        bad.append(entry)  # retired (null pool): closed below, not lost
-                    entry.idle_since = idle_since  # a check is not a use: max_idle still counts
-                if good:
-                    ordered = sorted(engine.idle, key=lambda e: e.idle_since)
-                    engine.idle.clear()
-                    engine.idle.extend(ordered)
-                engine.retire_locked(*bad, reason="dead")
+                ended = self._settle_checked_locked(entries, good, bad)
             engine.close(bad)
-            engine.close(drained)
+            engine.close(ended)
 
     async def check(self) -> None:
         """Check every idle connection now (liveness and a round trip); replace the dead ones."""
