@@ -14,17 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from psycopool._args import null_sizes, reported_max
+from psycopool._args import null_sizes
 from psycopool._base import CT, DEFAULT_NUM_WORKERS, CheckPolicy, Chores, ResetPolicy, positive
 from psycopool._network import DEFAULT_NETWORK_TIMEOUT
 from psycopool._pool import ConnectionPool
 from psycopool._pooler import Pooler
+from psycopool._reports import NullReports
 
 
-class NullConnectionPool(ConnectionPool[CT]):
+class NullConnectionPool(NullReports, ConnectionPool[CT]):
     """A :class:`ConnectionPool` with ``min_size=0`` that closes connections on return."""
-
-    _keeps_idle = False
 
     def __init__(
         self,
@@ -77,16 +76,6 @@ class NullConnectionPool(ConnectionPool[CT]):
             close_returns=close_returns,
             open=open,
         )
-
-    @property
-    def max_size(self) -> int:
-        """0 when unbounded (psycopg_pool's convention)."""
-        return reported_max(self._engine.max_size)
-
-    def _stats_locked(self) -> dict[str, int]:
-        stats = super()._stats_locked()
-        stats["pool_max"] = reported_max(stats["pool_max"])
-        return stats
 
     def wait(self, timeout: float = 30.0) -> None:
         """Open one connection and close it: the server can be reached (else PoolTimeout)."""

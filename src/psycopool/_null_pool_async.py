@@ -6,15 +6,16 @@ import asyncio
 import time
 from typing import Any
 
-from psycopool._args import null_sizes, reported_max
+from psycopool._args import null_sizes
 from psycopool._base import CT, positive
 from psycopool._drivers import hide_password
 from psycopool._entries import PooledConnection
 from psycopool._errors import PoolError, PoolTimeout
 from psycopool._pool_async import AsyncConnectionPool
+from psycopool._reports import NullReports
 
 
-class AsyncNullConnectionPool(AsyncConnectionPool[CT]):
+class AsyncNullConnectionPool(NullReports, AsyncConnectionPool[CT]):
     """Each borrow gets a new connection, each return closes it, unless a task is waiting.
 
     ``max_size`` still bounds how many exist at once (``None``: no bound), and
@@ -22,8 +23,6 @@ class AsyncNullConnectionPool(AsyncConnectionPool[CT]):
     for a returned connection (handed over, not closed) or a new one. For
     servers behind an external pooler (PgBouncer) or with few, rare clients.
     """
-
-    _keeps_idle = False
 
     def __init__(
         self, conninfo: Any = "", *, min_size: int = 0, max_size: int | None = None, **kwargs: Any
@@ -37,16 +36,6 @@ class AsyncNullConnectionPool(AsyncConnectionPool[CT]):
         """Change ``max_size`` (``None`` or 0: no bound); ``min_size`` must stay 0."""
         min_size, max_size = null_sizes(min_size, max_size)
         await super().resize(min_size, max_size)
-
-    @property
-    def max_size(self) -> int:
-        """0 when unbounded (psycopg_pool's convention)."""
-        return reported_max(self._engine.max_size)
-
-    def _stats_locked(self) -> dict[str, int]:
-        stats = super()._stats_locked()
-        stats["pool_max"] = reported_max(stats["pool_max"])
-        return stats
 
     def _give_back_locked(self, entry: PooledConnection, now: float) -> bool:
         """To the oldest waiter; with none, retired (the caller closes it). Lock held."""

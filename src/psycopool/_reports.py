@@ -12,6 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from psycopool._args import reported_max
 from psycopool._drivers import hide_password
 from psycopool._errors import PoolClosed, PoolError, PoolTimeout, flavoured
 from psycopool._loans import Loan, lent_locked, lent_summary, loans
@@ -231,3 +232,19 @@ class Reports:
             f"conn ({type(conn).__name__} at {id(conn):#x}) was not lent by pool"
             f" {self.name!r}, or was already returned"
         )
+
+
+class NullReports(Reports):
+    """What the null pools report differently: an unbounded ``max_size`` as 0 (psycopg_pool's
+    convention, the rule in ``_args.reported_max``), and why a return is closed."""
+
+    _keeps_idle = False
+
+    @property
+    def max_size(self) -> int:
+        return reported_max(self._engine.max_size)
+
+    def _stats_locked(self) -> dict[str, int]:
+        stats = super()._stats_locked()
+        stats["pool_max"] = reported_max(stats["pool_max"])
+        return stats
